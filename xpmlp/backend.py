@@ -1,0 +1,297 @@
+"""The one place that knows about array libraries.
+
+A backend is a name, an Array-API namespace (through array-api-compat) and a device. Everything
+else in xpmlp asks this module for a namespace, moves arrays with it and reads results back
+through :func:`to_numpy`; nothing else names a library.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import array_api_compat
+import numpy as np
+
+from .errors import BackendError, ConfigError, InputError
+
+ENV_VAR = "XPMLP_BACKEND"
+DEFAULT_BACKEND = "numpy"
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """How to import one library and tell whether it can run here."""
+
+    name: str
+    module: str
+    install_hint: str
+    default_device: Callable[[Any], Any]
+    check_usable: Callable[[Any, Any], None]  # (module, device) -> None, raises BackendError
+
+
+def _cpu_only(name: str) -> Callable[[Any, Any], None]:
+    def check(_module: Any, device: Any) -> None:
+        if device not in (None, "cpu") and str(device) != "CPU_DEVICE":
+            raise BackendError(f"backend {name!r} runs on the CPU only; drop --device {device!r}")
+
+    return check
+
+
+def _check_cupy(cupy: Any, device: Any) -> None:
+    # CuPy imports fine without a GPU, then fails at the first allocation: probe one.
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+        if count < 1:
+            raise RuntimeError("no CUDA device found")
+        with cupy.cuda.Device(_cupy_device_index(device)):
+            cupy.zeros(1).sum().item()
+    except BackendError:
+        raise
+    except Exception as exc:  # CUDARuntimeError, driver/library load errors, ...
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise BackendError(
+            f"backend 'cupy' is installed but cannot run here ({reason}); "
+            "use --backend numpy, or --backend auto to pick the GPU only when one works"
+        ) from None
+
+
+def _cupy_device_index(device: Any) -> int:
+    if device is None:
+        return 0
+    if isinstance(device, int):
+        return device
+    text = str(device)
+    if text.startswith("cuda:"):
+        text = text[5:]
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(f"invalid CuPy device {device!r}; use an index like 0 or cuda:0") from None
+
+
+def _check_torch(torch: Any, device: Any) -> None:
+    try:
+        dev = torch.device(device or "cpu")
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"invalid torch device {device!r} ({exc}); use cpu or cuda:0") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise BackendError(
+            f"torch device {device!r} requested but CUDA is not available to this torch build; "
+            "use --device cpu"
+        )
+    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+        raise BackendError(f"torch device {device!r} does not exist ({torch.cuda.device_count()} CUDA devices)")
+
+
+def _check_jax(jax: Any, device: Any) -> None:
+    if device is not None and not isinstance(device, str):
+        return
+    platforms = {d.platform for d in jax.devices()}
+    if isinstance(device, str) and device.split(":")[0] not in platforms | {"cuda" if "gpu" in platforms else ""}:
+        raise BackendError(f"jax device {device!r} not available; jax has {sorted(platforms)}")
+
+
+def _jax_device(jax: Any, device: Any) -> Any:
+    if device is None or not isinstance(device, str):
+        return device
+    kind, _, index = device.partition(":")
+    kind = "gpu" if kind == "cuda" else kind
+    return jax.devices(kind)[int(index or 0)]
+
+
+def _strict_device(strict: Any, device: Any) -> Any:
+    return strict.Device("CPU_DEVICE") if device in (None, "cpu") else device
+
+
+BACKENDS: dict[str, BackendSpec] = {
+    spec.name: spec
+    for spec in (
+        BackendSpec("numpy", "numpy", "pip install numpy", lambda m: "cpu", _cpu_only("numpy")),
+        BackendSpec("cupy", "cupy", "pip install 'xpmlp[cuda12]' (or [cuda13])", lambda m: None, _check_cupy),
+        BackendSpec("torch", "torch", "pip install 'xpmlp[torch]'", lambda m: "cpu", _check_torch),
+        BackendSpec(
+            "array_api_strict", "array_api_strict", "pip install array-api-strict",
+            lambda m: m.Device("CPU_DEVICE"), _cpu_only("array_api_strict"),
+        ),
+        BackendSpec("jax", "jax", "pip install 'xpmlp[jax]'", lambda m: None, _check_jax),
+    )
+}
+CHOICES = (*BACKENDS, "auto")
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A usable array library: its Array-API namespace and the device arrays should live on."""
+
+    name: str
+    xp: Any
+    device: Any
+    module: Any
+
+    def asarray(self, array: Any, dtype: Any = None) -> Any:
+        """Copy a host array onto this backend's device (the one host->device copy)."""
+        return self.xp.asarray(array, dtype=dtype, device=self.device)
+
+    def synchronize(self) -> None:
+        """Wait for queued device work (for honest timings); a no-op on the CPU."""
+        synchronize(self.name, self.module, self.device)
+
+    def describe(self) -> str:
+        return f"{self.name} ({device_name(self)})"
+
+
+def synchronize(name: str, module: Any, device: Any = None) -> None:
+    if name == "cupy":
+        module.cuda.get_current_stream().synchronize()
+    elif name == "torch" and module.cuda.is_available():
+        module.cuda.synchronize()
+    elif name == "jax":
+        module.effects_barrier()
+
+
+def device_name(backend: Backend) -> str:
+    if backend.name == "cupy":
+        return f"cuda:{backend.device.id}"
+    if backend.name == "array_api_strict":
+        return "cpu"
+    return str(backend.device) if backend.device is not None else "default"
+
+
+def resolve_name(name: str | None = None) -> str:
+    """The backend name to use: the argument, else $XPMLP_BACKEND, else 'numpy'. Validated."""
+    chosen = name if name else os.environ.get(ENV_VAR, "").strip() or DEFAULT_BACKEND
+    chosen = chosen.lower().replace("-", "_")
+    if chosen not in CHOICES:
+        origin = f"${ENV_VAR}" if not name else "backend"
+        raise ConfigError(f"unknown {origin} {chosen!r}; valid names: {', '.join(CHOICES)}")
+    return chosen
+
+
+def _import(spec: BackendSpec) -> Any:
+    try:
+        return importlib.import_module(spec.module)
+    except ImportError as exc:
+        raise BackendError(
+            f"backend {spec.name!r} is not installed ({exc}); install it with `{spec.install_hint}` "
+            "or use --backend numpy"
+        ) from None
+
+
+def get_backend(name: str | None = None, device: Any = None) -> Backend:
+    """Import, check and return a backend. ``name=None`` reads $XPMLP_BACKEND (default numpy).
+
+    ``auto`` picks CuPy when a usable GPU is there, else NumPy. Raises BackendError with the
+    reason and a suggestion when the library is missing or cannot run here; never switches silently.
+    """
+    chosen = resolve_name(name)
+    if chosen == "auto":
+        return auto_backend(device)[0]
+    spec = BACKENDS[chosen]
+    module = _import(spec)
+    spec.check_usable(module, device)
+    if chosen == "cupy":
+        resolved = module.cuda.Device(_cupy_device_index(device))
+    elif chosen == "torch":
+        resolved = module.device(device or spec.default_device(module))
+    elif chosen == "jax":
+        resolved = _jax_device(module, device)
+        if resolved is None:
+            resolved = module.devices()[0]
+    elif chosen == "array_api_strict":
+        resolved = _strict_device(module, device)
+    else:
+        resolved = spec.default_device(module)
+    xp = array_api_compat.array_namespace(_probe_array(chosen, module, resolved))
+    return Backend(chosen, xp, resolved, module)
+
+
+def auto_backend(device: Any = None) -> tuple[Backend, str]:
+    """CuPy on a usable GPU, else NumPy; with a sentence saying which was chosen and why."""
+    try:
+        backend = get_backend("cupy", device)
+        return backend, f"--backend auto chose cupy ({device_name(backend)})"
+    except BackendError as exc:
+        reason = str(exc).split(";")[0]
+        return get_backend("numpy"), f"--backend auto chose numpy: {reason}"
+
+
+def _probe_array(name: str, module: Any, device: Any) -> Any:
+    if name == "numpy":
+        return module.zeros(1)
+    if name == "cupy":
+        with device:
+            return module.zeros(1)
+    if name == "jax":
+        return module.device_put(module.numpy.zeros(1), device)
+    return module.zeros(1, device=device) if name != "array_api_strict" else module.zeros(1)
+
+
+def backend_of(*arrays: Any) -> Backend:
+    """The backend that holds ``arrays``; all must share one namespace and one device."""
+    try:
+        xp = array_api_compat.array_namespace(*arrays)
+    except TypeError as exc:
+        kinds = sorted({type(a).__module__.split(".")[0] + "." + type(a).__name__ for a in arrays})
+        raise InputError(
+            f"arrays from different libraries in one call ({', '.join(kinds)}); "
+            "move them to one backend first"
+        ) from exc
+    devices = {str(array_api_compat.device(a)) for a in arrays}
+    if len(devices) > 1:
+        raise InputError(f"arrays on different devices in one call ({', '.join(sorted(devices))}); "
+                         "move them to one device first")
+    sample = arrays[0]
+    name = _name_of(sample)
+    module = importlib.import_module(BACKENDS[name].module) if name in BACKENDS else None
+    return Backend(name, xp, array_api_compat.device(sample), module)
+
+
+def _name_of(array: Any) -> str:
+    checks = (
+        ("numpy", array_api_compat.is_numpy_array),
+        ("cupy", array_api_compat.is_cupy_array),
+        ("torch", array_api_compat.is_torch_array),
+        ("jax", array_api_compat.is_jax_array),
+    )
+    for name, is_it in checks:
+        if is_it(array):
+            return name
+    if type(array).__module__.startswith("array_api_strict"):
+        return "array_api_strict"
+    return type(array).__module__.split(".")[0]
+
+
+def to_numpy(array: Any) -> np.ndarray:
+    """Bring any backend's array to a host NumPy array (CuPy refuses np.asarray, strict lacks it)."""
+    if isinstance(array, np.ndarray):
+        return array
+    if array_api_compat.is_cupy_array(array):
+        return array.get()
+    if array_api_compat.is_torch_array(array):
+        return array.detach().cpu().numpy()
+    if array_api_compat.is_jax_array(array):
+        return np.asarray(array)
+    try:
+        return np.from_dlpack(array)
+    except (TypeError, BufferError, RuntimeError, AttributeError):
+        return np.asarray(array)
+
+
+def to_float(scalar: Any) -> float:
+    """A 0-d device array as a Python float (one device->host read)."""
+    return float(to_numpy(scalar))
+
+
+def usable_backends() -> list[str]:
+    """Names of the backends that import and run on this machine."""
+    names = []
+    for name in BACKENDS:
+        try:
+            get_backend(name)
+        except (BackendError, ConfigError):
+            continue
+        names.append(name)
+    return names

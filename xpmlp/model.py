@@ -1,0 +1,140 @@
+"""The seed's two-layer MLP as pure functions of ``(params, batch)``, written against the Array API.
+
+``params`` is a plain tuple ``(W1, b1, W2, b2)`` with shapes ``(n_in, H), (H,), (H, n_out),
+(n_out,)``. Every function takes the namespace from its arguments, returns arrays of that namespace
+on the same device, and never reads a value back to the host.
+
+The maths is the seed notebook's, exactly: ReLU hidden layer, softmax output, cross-entropy on
+probabilities clipped to ``[1e-15, 1]`` (batch mean), and plain SGD on the gradient *summed* over
+the batch, ``W -= lr * h.T @ (p - onehot)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import numpy as np
+from array_api_compat import array_namespace
+
+PROB_CLIP = 1e-15
+INITS = ("seed", "he")
+DTYPES = ("float32", "float64")
+
+
+class Params(NamedTuple):
+    W1: Any
+    b1: Any
+    W2: Any
+    b2: Any
+
+
+class StepStats(NamedTuple):
+    loss: Any  # 0-d array: the batch's mean clipped cross-entropy
+    n_correct: Any  # 0-d integer array: argmax hits in the batch
+
+
+def init_params(
+    rng: np.random.Generator | int,
+    n_in: int = 784,
+    n_hidden: int = 300,
+    n_out: int = 10,
+    *,
+    init: str = "seed",
+    dtype: str = "float32",
+    xp: Any = None,
+    device: Any = None,
+) -> Params:
+    """Draw initial parameters on the host, then copy them to ``xp`` on ``device``.
+
+    ``init="seed"``: weights ~ N(0, 1) unscaled, biases 0, as the notebook does (its numbers
+    reproduce only with this). ``init="he"``: weights ~ N(0, 2 / fan_in), which trains sanely.
+    Drawing on the host in float64 makes one seed give the same start on every backend.
+    """
+    if init not in INITS:
+        raise ValueError(f"unknown init {init!r}; valid: {', '.join(INITS)}")
+    rng = np.random.default_rng(rng) if not isinstance(rng, np.random.Generator) else rng
+    w1 = rng.standard_normal((n_in, n_hidden))
+    w2 = rng.standard_normal((n_hidden, n_out))
+    if init == "he":
+        w1 *= np.sqrt(2.0 / n_in)
+        w2 *= np.sqrt(2.0 / n_hidden)
+    host = Params(w1, np.zeros(n_hidden), w2, np.zeros(n_out))
+    return params_to(host, xp if xp is not None else np, dtype, device)
+
+
+def params_to(params: Params, xp: Any, dtype: str, device: Any = None) -> Params:
+    """The same parameters as ``dtype`` arrays of namespace ``xp`` on ``device``."""
+    target = getattr(xp, dtype)
+    return Params(*(xp.asarray(p, dtype=target, device=device) for p in params))
+
+
+def relu(z: Any) -> Any:
+    xp = array_namespace(z)
+    return xp.where(z > 0, z, xp.zeros_like(z))
+
+
+def softmax(logits: Any) -> Any:
+    """Row-wise softmax, shifted by the row max so logits of 1e4 do not overflow."""
+    xp = array_namespace(logits)
+    e = xp.exp(logits - xp.max(logits, axis=-1, keepdims=True))
+    return e / xp.sum(e, axis=-1, keepdims=True)
+
+
+def cross_entropy(probs: Any, labels: Any) -> Any:
+    """Mean of -log(p[label]) with p clipped to [1e-15, 1], as the seed computes it."""
+    xp = array_namespace(probs)
+    target = xp.take_along_axis(probs, labels[:, None], axis=1)
+    return -xp.mean(xp.log(xp.clip(target, PROB_CLIP, 1.0)))
+
+
+def forward(params: Params, x: Any) -> Any:
+    """Class probabilities for a batch ``x`` of shape ``(B, n_in)``."""
+    return _forward(params, x)[1]
+
+
+def _forward(params: Params, x: Any) -> tuple[Any, Any]:
+    W1, b1, W2, b2 = params
+    hidden = relu(x @ W1 + b1)
+    return hidden, softmax(hidden @ W2 + b2)
+
+
+def predict(params: Params, x: Any) -> Any:
+    """Predicted class indices for ``x``."""
+    xp = array_namespace(x)
+    W1, b1, W2, b2 = params
+    return xp.argmax(relu(x @ W1 + b1) @ W2 + b2, axis=1)
+
+
+def loss_and_grads(params: Params, x: Any, labels: Any) -> tuple[StepStats, Params]:
+    """Batch-mean loss, hit count, and the gradient of the *summed* loss (the seed's update).
+
+    ``labels`` are integer class indices; the one-hot target only appears as a comparison.
+    """
+    xp = array_namespace(x, labels)
+    W1, b1, W2, b2 = params
+    hidden, probs = _forward(params, x)
+    stats = StepStats(cross_entropy(probs, labels), xp.count_nonzero(xp.argmax(probs, axis=1) == labels))
+
+    classes = xp.arange(probs.shape[1], device=_device(x))
+    is_target = labels[:, None] == classes[None, :]
+    d_logits = xp.where(is_target, probs - 1.0, probs)  # p - onehot
+    d_hidden = xp.where(hidden > 0, d_logits @ W2.T, xp.zeros_like(hidden))
+    grads = Params(x.T @ d_hidden, xp.sum(d_hidden, axis=0), hidden.T @ d_logits, xp.sum(d_logits, axis=0))
+    return stats, grads
+
+
+def sgd_step(params: Params, grads: Params, lr: float) -> Params:
+    """``p - lr * g`` for every parameter; new arrays, inputs untouched (safe on immutable backends)."""
+    return Params(*(p - lr * g for p, g in zip(params, grads)))
+
+
+def train_step(params: Params, x: Any, labels: Any, lr: float) -> tuple[Params, StepStats]:
+    """One SGD step on one batch: the new parameters and the batch's loss and hit count."""
+    stats, grads = loss_and_grads(params, x, labels)
+    return sgd_step(params, grads, lr), stats
+
+
+def _device(x: Any) -> Any:
+    from array_api_compat import device
+
+    return device(x)

@@ -1,0 +1,345 @@
+"""Command line: ``python -m xpmlp.train`` (also ``xpmlp-train``). Run with ``--help``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from . import __version__
+from .backend import CHOICES, ENV_VAR, Backend, auto_backend, get_backend, resolve_name
+from .checkpoint import check_same_run, latest_checkpoint, restore_rng, write_checkpoint
+from .data import DATASETS, load_dataset
+from .errors import DivergenceError, XpmlpError
+from .io import save_model, write_json
+from .model import DTYPES, INITS, init_params, params_to
+from .training import EpochReport, TrainConfig, to_device_data, train_epochs, validate_config
+
+PROG = "xpmlp-train"
+RULE = "=" * 40
+EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, status 2, no usage dump
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def _learning_rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not np.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
+    return value
+
+
+def parse_batch_sizes(text: str) -> list[int]:
+    """``start:stop:step`` (stop included, like the seed's range) or a comma list: ``8,16,64``."""
+    try:
+        if ":" in text:
+            parts = [int(p) for p in text.split(":")]
+            if len(parts) not in (2, 3):
+                raise ValueError
+            start, stop, step = (*parts, 8)[:3] if len(parts) == 2 else parts
+            if step < 1 or stop < start:
+                raise ValueError
+            sizes = list(range(start, stop + 1, step))
+        else:
+            sizes = [int(p) for p in text.split(",") if p.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected start:stop:step (e.g. 8:64:8) or a comma list (e.g. 8,32,64), got {text!r}"
+        ) from None
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"batch sizes must be >= 1, got {text!r}")
+    return sizes
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=PROG,
+        description="Train the seed notebook's 784-300-10 MLP on MNIST with any Array-API backend. "
+        "Each epoch prints the seed's line (Epoch e/E, Loss, Accuracy) then the test accuracy and time.",
+        epilog=f"Backend: --backend, else ${ENV_VAR}, else numpy. Example sweep like the seed's second cell: "
+        f"{PROG} --batch-sizes 8:64:8",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"xpmlp {__version__}")
+    run = parser.add_argument_group("backend")
+    run.add_argument("--backend", choices=CHOICES, default=None, metavar="NAME",
+                     help=f"array library: {', '.join(CHOICES)} (auto = cupy if a GPU works, else numpy); "
+                     f"default ${ENV_VAR} or numpy")
+    run.add_argument("--device", default=None,
+                     help="device for the backend, e.g. cpu, cuda:0 (torch), 0 (cupy); default: the backend's own")
+    model = parser.add_argument_group("model and training")
+    model.add_argument("--epochs", type=_positive_int, default=10, help="passes over the training set")
+    sizes = model.add_mutually_exclusive_group()
+    sizes.add_argument("--batch-size", type=_positive_int, default=64, help="samples per SGD step")
+    sizes.add_argument("--batch-sizes", type=parse_batch_sizes, default=None, metavar="SPEC",
+                       help="sweep: start:stop:step (inclusive, e.g. 8:64:8) or a list (8,32,64); one run each")
+    model.add_argument("--hidden", type=_positive_int, default=300, help="hidden units")
+    model.add_argument("--lr", type=_learning_rate, default=0.01,
+                       help="learning rate (the gradient is summed over the batch, as in the seed)")
+    model.add_argument("--dtype", choices=DTYPES, default="float32", help="floating point type")
+    model.add_argument("--init", choices=INITS, default="seed",
+                       help="seed: N(0,1) weights as the notebook (reproduces its numbers); he: scaled N(0,2/fan_in)")
+    model.add_argument("--seed", type=_non_negative_int, default=0,
+                       help="seed of the host RNG that draws the weights and every epoch's shuffle")
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset", choices=DATASETS, default="mnist",
+                      help="bundled MNIST, or Fashion-MNIST from Debian's dataset-fashion-mnist package")
+    data.add_argument("--data-dir", default=None, metavar="PATH",
+                      help="a folder of the four IDX files (.gz or not) or a Keras-style .npz; overrides --dataset")
+    data.add_argument("--limit", type=_positive_int, default=None, metavar="N",
+                      help="train on the first N training samples only (quick runs)")
+    out = parser.add_argument_group("output")
+    out.add_argument("--save", default=None, metavar="PATH",
+                     help="save the trained model as .npz (W1, b1, W2, b2 + metadata); in a sweep, "
+                     "one file per batch size named PATH-bsB.npz")
+    out.add_argument("--json", default=None, metavar="PATH",
+                     help="write config, backend, device and per-epoch history as JSON")
+    out.add_argument("--checkpoint-dir", default=None, metavar="DIR",
+                     help="write a checkpoint after every epoch into DIR (created if missing)")
+    out.add_argument("--resume", action="store_true",
+                     help="continue from the newest valid checkpoint in --checkpoint-dir")
+    out.add_argument("--quiet", action="store_true", help="print nothing but errors (no epoch lines, no progress bar)")
+    return parser
+
+
+@dataclass
+class Plan:
+    configs: list[TrainConfig]
+    backend: Backend
+    dataset: Any
+    args: argparse.Namespace
+
+
+def _check_writable_file(path_text: str, flag: str) -> None:
+    path = Path(path_text)
+    if path.is_dir():
+        raise XpmlpError(f"{flag} {path_text}: is a folder; give a file path")
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise XpmlpError(f"{flag} {path_text}: folder {folder} does not exist; create it first")
+    if not os.access(folder, os.W_OK):
+        raise XpmlpError(f"{flag} {path_text}: folder {folder} is not writable")
+
+
+def _check_checkpoint_dir(args: argparse.Namespace) -> None:
+    if args.resume and not args.checkpoint_dir:
+        raise XpmlpError("--resume needs --checkpoint-dir DIR (the folder the checkpoints are in)")
+    if not args.checkpoint_dir:
+        return
+    folder = Path(args.checkpoint_dir)
+    if folder.exists() and not folder.is_dir():
+        raise XpmlpError(f"--checkpoint-dir {folder}: exists and is not a folder")
+    if args.resume and not folder.is_dir():
+        raise XpmlpError(f"--resume: checkpoint folder {folder} does not exist")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise XpmlpError(f"--checkpoint-dir {folder}: cannot create it ({exc.strerror})") from None
+    if not os.access(folder, os.W_OK):
+        raise XpmlpError(f"--checkpoint-dir {folder}: not writable")
+
+
+def make_plan(args: argparse.Namespace, log: Any) -> Plan:
+    """Everything that can fail before training: names, paths, backend, data, config."""
+    if args.save:
+        _check_writable_file(args.save, "--save")
+    if args.json:
+        _check_writable_file(args.json, "--json")
+    _check_checkpoint_dir(args)
+    name = resolve_name(args.backend)
+    if name == "auto":
+        backend, note = auto_backend(args.device)
+        log(f"xpmlp: {note}")
+    else:
+        backend = get_backend(name, args.device)
+    if backend.name == "jax" and args.dtype == "float64":
+        backend.module.config.update("jax_enable_x64", True)
+    dataset = load_dataset(args.dataset, args.data_dir)
+    sizes = args.batch_sizes or [args.batch_size]
+    base = TrainConfig(epochs=args.epochs, batch_size=sizes[0], hidden=args.hidden, lr=args.lr, dtype=args.dtype,
+                       init=args.init, seed=args.seed, limit=args.limit)
+    configs = [replace(base, batch_size=size) for size in sizes]
+    for config in configs:
+        validate_config(config, dataset.x_train.shape[0])
+    return Plan(configs, backend, dataset, args)
+
+
+def _save_path(save: str, batch_size: int, sweep: bool) -> Path:
+    path = Path(save)
+    return path.with_name(f"{path.stem}-bs{batch_size}{path.suffix or '.npz'}") if sweep else path
+
+
+def _run_identity(config: TrainConfig, dataset: Any) -> dict[str, Any]:
+    return {**config.to_dict(), "dataset": dataset.name, "n_train": int(min(config.limit or 10**12, dataset.x_train.shape[0])),
+            "n_test": int(dataset.x_test.shape[0])}
+
+
+def train_one(plan: Plan, config: TrainConfig, data: Any, say: Any, progress: bool) -> dict[str, Any]:
+    """One training run (one batch size): resume if asked, print, checkpoint, save; its JSON record."""
+    args, backend = plan.args, plan.backend
+    run = _run_identity(config, plan.dataset)
+    rng = np.random.Generator(np.random.PCG64(config.seed))
+    params = init_params(rng, data.x_train.shape[1], config.hidden, 10, init=config.init, dtype=config.dtype,
+                         xp=backend.xp, device=backend.device)
+    history: list[dict[str, Any]] = []
+    start_epoch = 0
+    if args.resume:
+        checkpoint, skipped = latest_checkpoint(Path(args.checkpoint_dir), config.batch_size)
+        for note in skipped:
+            say(f"xpmlp: skipped damaged checkpoint: {note}", err=True)
+        if checkpoint is not None:
+            check_same_run(checkpoint, run)
+            params = params_to(checkpoint.params, backend.xp, config.dtype, backend.device)
+            rng, history, start_epoch = restore_rng(checkpoint.rng_state), checkpoint.history, checkpoint.epoch
+            say(f"xpmlp: resuming from {checkpoint.path} (epoch {start_epoch} of {config.epochs})", err=True)
+            for record in history:
+                say(EpochReport(record["epoch"], config.epochs, record["loss"], record["accuracy"],
+                                record["test_accuracy"], record["seconds"], params).line())
+        else:
+            say(f"xpmlp: no checkpoint of batch size {config.batch_size} in {args.checkpoint_dir}; starting fresh",
+                err=True)
+
+    bar = _progress_bar(progress, -(-data.x_train.shape[0] // config.batch_size))
+    plan.current_epoch = start_epoch  # type: ignore[attr-defined]
+
+    def on_epoch_start(epoch: int) -> None:
+        plan.current_epoch = epoch  # type: ignore[attr-defined]
+        if bar is not None:
+            bar.reset()
+            bar.set_description(f"epoch {epoch}/{config.epochs}")
+
+    try:
+        for report in train_epochs(params, data, config, rng, start_epoch=start_epoch,
+                                   on_batch=bar.update if bar is not None else None, on_epoch_start=on_epoch_start):
+            params = report.params
+            history.append(report.record())
+            if args.checkpoint_dir:
+                write_checkpoint(Path(args.checkpoint_dir), params, report.epoch, rng, history, run)
+            if bar is not None:
+                bar.clear()
+            say(report.line())
+    finally:
+        if bar is not None:
+            bar.close()
+    record = {"config": config.to_dict(), "history": history}
+    if args.save:
+        path = _save_path(args.save, config.batch_size, len(plan.configs) > 1)
+        save_model(path, params, {"config": config.to_dict(), "dataset": plan.dataset.name,
+                                  "backend": backend.name, "device": str(backend.device), "history": history})
+        record["model"] = str(path)
+    return record
+
+
+def _progress_bar(enabled: bool, total: int) -> Any:
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="batch", file=sys.stderr, leave=False, mininterval=0.25, dynamic_ncols=True)
+
+
+def run(plan: Plan, say: Any, progress: bool) -> list[dict[str, Any]]:
+    backend, dataset, configs = plan.backend, plan.dataset, plan.configs
+    say(f"xpmlp: {backend.describe()}, {configs[0].dtype}, {dataset.name}: "
+        f"{min(configs[0].limit or 10**12, dataset.x_train.shape[0])} training / {dataset.x_test.shape[0]} test samples",
+        err=True)
+    data = to_device_data(dataset, backend, configs[0].dtype, configs[0].limit)
+    records = []
+    for config in configs:
+        say(f"\nTraining with batch size {config.batch_size}\n{RULE}")
+        records.append(train_one(plan, config, data, say, progress))
+        if plan.args.json:
+            _write_report(plan, records)
+    return records
+
+
+def _write_report(plan: Plan, records: list[dict[str, Any]]) -> None:
+    from . import __version__ as version
+
+    write_json(plan.args.json, {
+        "xpmlp": version,
+        "backend": plan.backend.name,
+        "device": str(plan.backend.device),
+        "dataset": plan.dataset.name,
+        "data_source": plan.dataset.source,
+        "config": plan.configs[0].to_dict() | {"batch_sizes": [c.batch_size for c in plan.configs]},
+        "runs": records,
+    })
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    quiet = args.quiet
+
+    def say(text: str, err: bool = False) -> None:
+        if not quiet:
+            print(text, file=sys.stderr if err else sys.stdout, flush=True)
+
+    try:
+        plan = make_plan(args, lambda text: say(text, err=True))
+    except XpmlpError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    progress = not quiet and sys.stderr.isatty()
+    try:
+        run(plan, say, progress)
+    except KeyboardInterrupt:
+        _explain_interrupt(plan, argv)
+        return EXIT_INTERRUPTED
+    except DivergenceError as exc:
+        kept = f"; the last good checkpoint is in {args.checkpoint_dir}" if args.checkpoint_dir else ""
+        print(f"{PROG}: error: {exc}{kept}", file=sys.stderr)
+        return EXIT_FAILED
+    except XpmlpError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return 0
+
+
+def _explain_interrupt(plan: Plan, argv: Sequence[str] | None) -> None:
+    epoch = getattr(plan, "current_epoch", 0)
+    words = list(sys.argv[1:] if argv is None else argv)
+    if plan.args.checkpoint_dir:
+        command = shlex.join(["python", "-m", "xpmlp.train", *[w for w in words if w != "--resume"], "--resume"])
+        done = f"epoch {epoch - 1} is checkpointed in {plan.args.checkpoint_dir}" if epoch > 1 else \
+            f"no epoch had finished; checkpoints go to {plan.args.checkpoint_dir}"
+        print(f"\n{PROG}: interrupted in epoch {epoch}; {done}. Resume with: {command}", file=sys.stderr)
+    else:
+        print(f"\n{PROG}: interrupted in epoch {epoch}; nothing was saved "
+              "(add --checkpoint-dir DIR to make runs resumable)", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

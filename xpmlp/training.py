@@ -1,0 +1,271 @@
+"""The training loop: epochs of SGD over device-resident data, one host read per epoch."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterator, NamedTuple
+
+import numpy as np
+from array_api_compat import array_namespace
+
+from .backend import Backend, backend_of, to_numpy
+from .errors import ConfigError, DivergenceError, InputError
+from .model import DTYPES, INITS, Params, init_params, predict, train_step
+
+EVAL_CHUNK = 10_000
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a run's numbers (used to refuse resuming a different run)."""
+
+    epochs: int = 10
+    batch_size: int = 64
+    hidden: int = 300
+    lr: float = 0.01
+    dtype: str = "float32"
+    init: str = "seed"
+    seed: int = 0
+    limit: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def validate_config(config: TrainConfig, n_train: int | None = None) -> None:
+    """Raise ConfigError naming the first invalid setting and what is allowed."""
+    checks = (
+        (isinstance(config.epochs, int) and config.epochs >= 1, f"epochs must be >= 1 (got {config.epochs})"),
+        (isinstance(config.batch_size, int) and config.batch_size >= 1,
+         f"batch size must be >= 1 (got {config.batch_size})"),
+        (isinstance(config.hidden, int) and config.hidden >= 1, f"hidden size must be >= 1 (got {config.hidden})"),
+        (isinstance(config.lr, (int, float)) and math.isfinite(config.lr) and config.lr > 0,
+         f"learning rate must be a finite number > 0 (got {config.lr})"),
+        (config.dtype in DTYPES, f"dtype must be one of {', '.join(DTYPES)} (got {config.dtype!r})"),
+        (config.init in INITS, f"init must be one of {', '.join(INITS)} (got {config.init!r})"),
+        (isinstance(config.seed, int) and config.seed >= 0, f"seed must be an integer >= 0 (got {config.seed})"),
+        (config.limit is None or (isinstance(config.limit, int) and config.limit >= 1),
+         f"limit must be >= 1 (got {config.limit})"),
+    )
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+    if n_train is not None:
+        used = min(config.limit or n_train, n_train)
+        if config.limit is not None and config.limit > n_train:
+            raise ConfigError(f"limit {config.limit} exceeds the {n_train} training samples available")
+        if used < config.batch_size:
+            raise ConfigError(
+                f"{used} training samples leave no full batch of {config.batch_size}; "
+                "raise --limit or lower --batch-size"
+            )
+
+
+class DeviceData(NamedTuple):
+    """Training and test sets on the backend's device: float pixels in [0, 1], int64 labels."""
+
+    x_train: Any
+    y_train: Any
+    x_test: Any = None
+    y_test: Any = None
+
+
+def scale_pixels(images: np.ndarray, dtype: str) -> np.ndarray:
+    """uint8 images (N, ...) -> (N, features) floats in [0, 1], divided in float64 as the seed does."""
+    flat = images.reshape(images.shape[0], -1)
+    return (flat / 255.0).astype(dtype, copy=False)
+
+
+def to_device_data(dataset: Any, backend: Backend, dtype: str, limit: int | None = None) -> DeviceData:
+    """Copy a host data set to the backend once; ``limit`` keeps the first N training samples."""
+    xp = backend.xp
+    n = dataset.x_train.shape[0] if limit is None else limit
+    float_dtype, label_dtype = getattr(xp, dtype), xp.int64
+    return DeviceData(
+        backend.asarray(scale_pixels(dataset.x_train[:n], dtype), float_dtype),
+        backend.asarray(dataset.y_train[:n].astype(np.int64), label_dtype),
+        backend.asarray(scale_pixels(dataset.x_test, dtype), float_dtype),
+        backend.asarray(dataset.y_test.astype(np.int64), label_dtype),
+    )
+
+
+@dataclass
+class EpochReport:
+    epoch: int
+    epochs: int
+    loss: float
+    accuracy: float
+    test_accuracy: float | None
+    seconds: float
+    params: Params = field(repr=False)
+
+    def line(self) -> str:
+        """The seed's epoch line, then the test accuracy and the epoch's wall time."""
+        text = f"Epoch {self.epoch}/{self.epochs}, Loss: {self.loss:.4f}, Accuracy: {self.accuracy:.4f}"
+        if self.test_accuracy is not None:
+            text += f", Test accuracy: {self.test_accuracy:.4f}"
+        return text + f", Time: {self.seconds:.2f}s"
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "loss": self.loss,
+            "accuracy": self.accuracy,
+            "test_accuracy": self.test_accuracy,
+            "seconds": self.seconds,
+        }
+
+
+def run_epoch(
+    params: Params, x: Any, labels: Any, order: Any, batch_size: int, lr: float,
+    on_batch: Callable[[], None] | None = None,
+) -> tuple[Params, Any, Any]:
+    """One pass in the order ``order``: new params, the sum of batch-mean losses, total hits.
+
+    The permutation is applied once (one gather), then batches are contiguous slices. The
+    statistics stay on the device as 0-d arrays; nothing is read back here.
+    """
+    xp = array_namespace(x, labels)
+    x_epoch, y_epoch = xp.take(x, order, axis=0), xp.take(labels, order, axis=0)
+    n = x.shape[0]
+    loss_sum, hits = None, None
+    for start in range(0, n, batch_size):
+        stop = min(start + batch_size, n)
+        params, stats = train_step(params, x_epoch[start:stop, ...], y_epoch[start:stop], lr)
+        loss_sum = stats.loss if loss_sum is None else loss_sum + stats.loss
+        hits = stats.n_correct if hits is None else hits + stats.n_correct
+        if on_batch is not None:
+            on_batch()
+    return params, loss_sum, hits
+
+
+def count_correct(params: Params, x: Any, labels: Any) -> Any:
+    """Hits of ``predict`` over a whole set, in chunks to bound memory; a 0-d device array."""
+    xp = array_namespace(x, labels)
+    total = None
+    for start in range(0, x.shape[0], EVAL_CHUNK):
+        hits = xp.count_nonzero(predict(params, x[start:start + EVAL_CHUNK, ...]) == labels[start:start + EVAL_CHUNK])
+        total = hits if total is None else total + hits
+    return total
+
+
+def train_epochs(
+    params: Params,
+    data: DeviceData,
+    config: TrainConfig,
+    rng: np.random.Generator,
+    *,
+    start_epoch: int = 0,
+    on_batch: Callable[[], None] | None = None,
+    on_epoch_start: Callable[[int], None] | None = None,
+) -> Iterator[EpochReport]:
+    """Train epochs ``start_epoch+1 .. config.epochs``, yielding a report after each.
+
+    Each epoch draws its permutation from ``rng`` on the host (so a seed means the same run on
+    every backend), copies it to the device, trains, and reads loss, accuracy and test accuracy
+    back in one transfer. A non-finite loss raises DivergenceError naming the epoch.
+    """
+    xp = array_namespace(data.x_train)
+    device = _device_of(data.x_train)
+    float_dtype = data.x_train.dtype
+    n = data.x_train.shape[0]
+    for epoch in range(start_epoch + 1, config.epochs + 1):
+        if on_epoch_start is not None:
+            on_epoch_start(epoch)
+        started = time.perf_counter()
+        order = xp.asarray(rng.permutation(n), dtype=xp.int64, device=device)
+        params, loss_sum, hits = run_epoch(params, data.x_train, data.y_train, order, config.batch_size,
+                                           config.lr, on_batch)
+        stats = [loss_sum, xp.astype(hits, float_dtype)]
+        if data.x_test is not None:
+            stats.append(xp.astype(count_correct(params, data.x_test, data.y_test), float_dtype))
+        host = to_numpy(xp.stack(stats)).astype(np.float64)  # the epoch's one device->host read
+        seconds = time.perf_counter() - started
+        loss = float(host[0]) / (n / config.batch_size)
+        if not math.isfinite(loss):
+            raise DivergenceError(
+                f"training diverged in epoch {epoch}: the loss is {loss}; "
+                f"use a smaller learning rate than {config.lr} or --init he"
+            )
+        test_accuracy = float(host[2]) / data.x_test.shape[0] if data.x_test is not None else None
+        yield EpochReport(epoch, config.epochs, loss, float(host[1]) / n, test_accuracy, seconds, params)
+
+
+def _device_of(x: Any) -> Any:
+    from array_api_compat import device
+
+    return device(x)
+
+
+def check_inputs(x: Any, labels: Any, n_features: int | None = None, n_classes: int = 10, what: str = "x") -> None:
+    """Validate a public entry point's arrays; each error names what was expected and what was given."""
+    backend_of(x, labels)
+    if len(x.shape) != 2:
+        raise InputError(f"{what} must be 2-D (samples, features); got shape {tuple(x.shape)}")
+    if n_features is not None and x.shape[1] != n_features:
+        raise InputError(f"{what} has {x.shape[1]} features; the model expects {n_features}")
+    if len(labels.shape) != 1:
+        raise InputError(f"labels must be 1-D; got shape {tuple(labels.shape)}")
+    if labels.shape[0] != x.shape[0]:
+        raise InputError(f"{what} has {x.shape[0]} samples but labels has {labels.shape[0]}")
+    xp = array_namespace(x, labels)
+    if not xp.isdtype(labels.dtype, "integral"):
+        raise InputError(f"labels must be integer class indices; got dtype {labels.dtype}")
+    if not xp.isdtype(x.dtype, "real floating"):
+        raise InputError(f"{what} must be floating point (scale uint8 pixels with /255); got dtype {x.dtype}")
+    if x.shape[0] == 0:
+        raise InputError(f"{what} is empty")
+    low, high = (int(v) for v in to_numpy(xp.stack([xp.min(labels), xp.max(labels)])))
+    if low < 0 or high >= n_classes:
+        raise InputError(f"labels must be in 0..{n_classes - 1}; got values from {low} to {high}")
+    if not bool(to_numpy(xp.all(xp.isfinite(x)))):
+        raise InputError(f"{what} contains NaN or infinity")
+
+
+def fit(
+    x_train: Any,
+    y_train: Any,
+    *,
+    x_test: Any = None,
+    y_test: Any = None,
+    config: TrainConfig | None = None,
+    params: Params | None = None,
+    callback: Callable[[EpochReport], None] | None = None,
+) -> tuple[Params, list[dict[str, Any]]]:
+    """Train on arrays of any Array-API library; results stay in that library, on that device.
+
+    ``x_*`` are floats (samples, features) in [0, 1], ``y_*`` integer labels 0..9. Returns the
+    trained parameters and the per-epoch history (epoch, loss, accuracy, test_accuracy, seconds).
+    The parameters take ``x_train``'s dtype (``config.dtype`` applies to the CLI's data loading).
+    """
+    config = config or TrainConfig()
+    validate_config(config, x_train.shape[0] if hasattr(x_train, "shape") else None)
+    check_inputs(x_train, y_train, params[0].shape[0] if params is not None else None, what="x_train")
+    backend = backend_of(x_train, y_train)
+    if x_test is not None:
+        check_inputs(x_test, y_test, x_train.shape[1], what="x_test")
+        backend_of(x_train, x_test)
+    rng = np.random.Generator(np.random.PCG64(config.seed))
+    dtype = _dtype_name(x_train.dtype)
+    if params is None:
+        params = init_params(rng, x_train.shape[1], config.hidden, 10, init=config.init, dtype=dtype,
+                             xp=backend.xp, device=backend.device)
+    limit = config.limit or x_train.shape[0]
+    data = DeviceData(x_train[:limit, ...], y_train[:limit], x_test, y_test)
+    history = []
+    for report in train_epochs(params, data, config, rng):
+        params = report.params
+        history.append(report.record())
+        if callback is not None:
+            callback(report)
+    return params, history
+
+
+def _dtype_name(dtype: Any) -> str:
+    text = str(dtype)
+    for name in DTYPES:
+        if text.endswith(name):
+            return name
+    raise InputError(f"unsupported floating dtype {dtype}; use float32 or float64")
