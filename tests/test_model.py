@@ -1,0 +1,134 @@
+"""Each maths piece against plain NumPy, on every backend; the gradient against finite differences."""
+
+import numpy as np
+import pytest
+
+from xpmlp import model
+from xpmlp.backend import to_numpy
+from conftest import small_batch
+
+
+def _tol(backend, dtype="float64", factor=64):
+    # a few dozen ulps: softmax/log/matmul each round once per element, sums over <= 784 terms
+    return factor * float(np.finfo(dtype).eps)
+
+
+def ref_softmax(z):
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def ref_step(params, x, y, lr):
+    """The seed notebook's step, written out in NumPy with a one-hot matrix."""
+    W1, b1, W2, b2 = params
+    h = np.maximum(0, x @ W1 + b1)
+    p = ref_softmax(h @ W2 + b2)
+    onehot = np.eye(W2.shape[1])[y]
+    loss = -np.sum(onehot * np.log(np.clip(p, 1e-15, 1.0))) / x.shape[0]
+    d_out = p - onehot
+    d_hid = (d_out @ W2.T) * (h > 0)
+    new = (W1 - lr * x.T @ d_hid, b1 - lr * d_hid.sum(0), W2 - lr * h.T @ d_out, b2 - lr * d_out.sum(0))
+    return new, loss, int(np.sum(p.argmax(1) == y))
+
+
+def test_softmax_is_stable_at_huge_logits(backend):
+    xp = backend.xp
+    logits = np.array([[1e4, 0.0, -1e4], [1e4, 1e4, 0.0], [-5.0, 2.0, 3.0]])
+    got = to_numpy(model.softmax(backend.asarray(logits, xp.float64)))
+    assert np.all(np.isfinite(got))
+    np.testing.assert_allclose(got, ref_softmax(logits), rtol=_tol(backend), atol=1e-300)
+    np.testing.assert_allclose(got[1], [0.5, 0.5, 0.0], atol=_tol(backend))
+
+
+def test_relu_and_its_mask(backend):
+    xp = backend.xp
+    z = np.array([[-2.0, -0.0, 0.0, 1e-30, 3.5]])
+    got = to_numpy(model.relu(backend.asarray(z, xp.float64)))
+    np.testing.assert_array_equal(got, np.maximum(0, z))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_cross_entropy_clips_at_1e_15(backend, dtype):
+    xp = backend.xp
+    probs = np.array([[1.0, 0.0, 0.0], [0.2, 0.3, 0.5], [0.0, 1.0, 0.0]])
+    labels = np.array([1, 2, 1])
+    got = float(to_numpy(model.cross_entropy(backend.asarray(probs, getattr(xp, dtype)),
+                                             backend.asarray(labels, xp.int64))))
+    expected = -np.mean(np.log(np.clip(probs[np.arange(3), labels], 1e-15, 1.0)))  # = (34.54 + 0.69 + 0) / 3
+    assert got == pytest.approx(expected, rel=_tol(backend, dtype))
+    assert got == pytest.approx((-np.log(1e-15) - np.log(0.5)) / 3, rel=1e-6)
+
+
+def test_train_step_matches_the_seed_formula(backend):
+    xp = backend.xp
+    x, y = small_batch(0, n=48)
+    host = model.init_params(1, 784, 20, 10, init="he", dtype="float64")
+    params = model.params_to(host, xp, "float64", backend.device)
+    new, stats = model.train_step(params, backend.asarray(x, xp.float64), backend.asarray(y, xp.int64), 0.05)
+    ref_new, ref_loss, ref_hits = ref_step(tuple(host), x, y, 0.05)
+    for got, want in zip(new, ref_new):
+        np.testing.assert_allclose(to_numpy(got), want, rtol=0, atol=_tol(backend) * np.abs(want).max())
+    assert float(to_numpy(stats.loss)) == pytest.approx(ref_loss, rel=_tol(backend))
+    assert int(to_numpy(stats.n_correct)) == ref_hits
+
+
+def test_results_stay_in_the_callers_namespace_and_device(backend):
+    xp = backend.xp
+    x, y = small_batch(2, n=8)
+    params = model.init_params(0, 784, 5, 10, dtype="float32", xp=xp, device=backend.device)
+    xb, yb = backend.asarray(x, xp.float32), backend.asarray(y, xp.int64)
+    new, stats = model.train_step(params, xb, yb, 0.01)
+    from array_api_compat import array_namespace, device
+
+    for array in (*new, stats.loss, stats.n_correct, model.predict(new, xb), model.forward(new, xb)):
+        assert array_namespace(array) is xp
+        assert str(device(array)) == str(device(xb))
+    assert new.W1.dtype == xp.float32
+
+
+def test_inputs_are_not_modified(backend):
+    xp = backend.xp
+    x, y = small_batch(3, n=8)
+    params = model.init_params(0, 784, 5, 10, dtype="float64", xp=xp, device=backend.device)
+    before = [to_numpy(p).copy() for p in params]
+    model.train_step(params, backend.asarray(x, xp.float64), backend.asarray(y, xp.int64), 0.1)
+    for p, b in zip(params, before):
+        np.testing.assert_array_equal(to_numpy(p), b)
+
+
+def test_gradient_matches_finite_differences_of_the_summed_loss():
+    """Central differences in float64 of sum-over-batch loss (= batch mean * B), the seed's update."""
+    rng = np.random.default_rng(5)
+    x, y = rng.random((6, 7)), rng.integers(0, 4, 6)
+    params = model.init_params(3, 7, 5, 4, init="he", dtype="float64")
+    _, grads = model.loss_and_grads(params, x, y)
+
+    def summed_loss(p):
+        return float(model.cross_entropy(model.forward(p, x), y)) * x.shape[0]
+
+    h = 1e-6  # central difference error ~ h^2 * f''' + eps / h ~ 1e-10 relative
+    for index, (param, grad) in enumerate(zip(params, grads)):
+        numeric = np.zeros_like(param)
+        for pos in np.ndindex(param.shape):
+            bumped = [p.copy() for p in params]
+            bumped[index][pos] += h
+            up = summed_loss(model.Params(*bumped))
+            bumped[index][pos] -= 2 * h
+            numeric[pos] = (up - summed_loss(model.Params(*bumped))) / (2 * h)
+        np.testing.assert_allclose(grad, numeric, rtol=1e-5, atol=1e-7)
+
+
+def test_init_seed_is_unscaled_normal_and_he_is_scaled():
+    seed = model.init_params(0, 784, 300, 10, init="seed", dtype="float64")
+    he = model.init_params(0, 784, 300, 10, init="he", dtype="float64")
+    assert seed.W1.std() == pytest.approx(1.0, rel=0.01)
+    assert he.W1.std() == pytest.approx(np.sqrt(2 / 784), rel=0.01)
+    assert not seed.b1.any() and not seed.b2.any()
+    np.testing.assert_array_equal(he.W1, seed.W1 * np.sqrt(2 / 784))  # same draws, scaled
+
+
+def test_same_seed_same_start_on_every_backend(backend):
+    host = model.init_params(42, 784, 30, 10, dtype="float32")
+    dev = model.init_params(42, 784, 30, 10, dtype="float32", xp=backend.xp, device=backend.device)
+    for a, b in zip(host, dev):
+        np.testing.assert_array_equal(to_numpy(b), a)

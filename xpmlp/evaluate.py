@@ -1,0 +1,87 @@
+"""``python -m xpmlp.evaluate MODEL.npz``: test loss and accuracy of a saved model, on any backend."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Sequence
+
+from .backend import CHOICES, auto_backend, get_backend, resolve_name, to_numpy
+from .data import DATASETS, load_dataset
+from .errors import XpmlpError
+from .io import load_model
+from .model import cross_entropy, forward
+from .training import EVAL_CHUNK, scale_pixels
+
+PROG = "xpmlp-evaluate"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="Report the loss (the seed's clipped cross-entropy, mean over "
+                     "samples) and accuracy of a saved xpmlp model on a data set's test (or train) split.",
+                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("model", help="a model .npz written by xpmlp-train --save")
+    parser.add_argument("--backend", choices=CHOICES, default=None, metavar="NAME",
+                        help=f"array library: {', '.join(CHOICES)}; default $XPMLP_BACKEND or numpy")
+    parser.add_argument("--device", default=None, help="device for the backend, e.g. cuda:0")
+    parser.add_argument("--dataset", choices=DATASETS, default="mnist", help="bundled data set")
+    parser.add_argument("--data-dir", default=None, metavar="PATH", help="IDX folder or .npz; overrides --dataset")
+    parser.add_argument("--split", choices=("test", "train"), default="test", help="which split to score")
+    parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    return parser
+
+
+def evaluate(params: Any, x: Any, labels: Any) -> tuple[float, float]:
+    """Mean clipped cross-entropy and accuracy over a whole set, in chunks; one host read."""
+    from array_api_compat import array_namespace
+
+    xp = array_namespace(x, labels)
+    loss_sum, hits = None, None
+    for start in range(0, x.shape[0], EVAL_CHUNK):
+        xb, yb = x[start:start + EVAL_CHUNK, ...], labels[start:start + EVAL_CHUNK]
+        probs = forward(params, xb)
+        chunk_loss = cross_entropy(probs, yb) * xb.shape[0]
+        chunk_hits = xp.astype(xp.count_nonzero(xp.argmax(probs, axis=1) == yb), probs.dtype)
+        loss_sum = chunk_loss if loss_sum is None else loss_sum + chunk_loss
+        hits = chunk_hits if hits is None else hits + chunk_hits
+    total_loss, total_hits = (float(v) for v in to_numpy(xp.stack([loss_sum, hits])))
+    return total_loss / x.shape[0], total_hits / x.shape[0]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        name = resolve_name(args.backend)
+        backend = auto_backend(args.device)[0] if name == "auto" else get_backend(name, args.device)
+        params, meta = load_model(args.model, xp=backend.xp, device=backend.device)
+        dataset = load_dataset(args.dataset, args.data_dir)
+        images = dataset.x_test if args.split == "test" else dataset.x_train
+        labels = dataset.y_test if args.split == "test" else dataset.y_train
+        dtype = str(params.W1.dtype).split(".")[-1]
+        x = backend.asarray(scale_pixels(images, dtype), getattr(backend.xp, dtype))
+        if x.shape[1] != params.W1.shape[0]:
+            raise XpmlpError(f"model expects {params.W1.shape[0]} features per sample but {dataset.name} has "
+                             f"{x.shape[1]}; evaluate on the data set it was trained on")
+        y = backend.asarray(labels.astype("int64"), backend.xp.int64)
+        loss, accuracy = evaluate(params, x, y)
+    except XpmlpError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    result = {"model": args.model, "backend": backend.name, "device": str(backend.device), "dataset": dataset.name,
+              "split": args.split, "samples": int(x.shape[0]), "loss": loss, "accuracy": accuracy}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{args.split.capitalize()} loss: {loss:.4f}, {args.split.capitalize()} accuracy: {accuracy:.4f} "
+              f"({result['samples']} samples of {dataset.name}, {backend.describe()})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
