@@ -26,4 +26,8 @@ class ModelFileError(XpmlpError, ValueError):
 
 
 class DivergenceError(XpmlpError, FloatingPointError):
-    """Training produced a non-finite loss."""
+    """Training blew up: a non-finite loss or parameter, or a loss saturated at the clip."""
+
+    def __init__(self, message: str, epoch: int = 0):
+        super().__init__(message)
+        self.epoch = epoch

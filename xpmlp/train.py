@@ -319,7 +319,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _explain_interrupt(plan, argv)
         return EXIT_INTERRUPTED
     except DivergenceError as exc:
-        kept = f"; the last good checkpoint is in {args.checkpoint_dir}" if args.checkpoint_dir else ""
+        kept = (f"; the last good checkpoint (epoch {exc.epoch - 1}) is kept in {args.checkpoint_dir}"
+                if args.checkpoint_dir and exc.epoch > 1 else "")
         print(f"{PROG}: error: {exc}{kept}", file=sys.stderr)
         return EXIT_FAILED
     except XpmlpError as exc:

@@ -12,9 +12,10 @@ from array_api_compat import array_namespace
 
 from .backend import Backend, backend_of, to_numpy
 from .errors import ConfigError, DivergenceError, InputError
-from .model import DTYPES, INITS, Params, init_params, predict, train_step
+from .model import DTYPES, INITS, PROB_CLIP, Params, init_params, predict, train_step
 
 EVAL_CHUNK = 10_000
+SATURATED_FRACTION = 0.75  # of the clip's ceiling -log(1e-15) = 34.5; the seed's worst epoch is ~1.4
 
 
 @dataclass(frozen=True)
@@ -165,7 +166,8 @@ def train_epochs(
 
     Each epoch draws its permutation from ``rng`` on the host (so a seed means the same run on
     every backend), copies it to the device, trains, and reads loss, accuracy and test accuracy
-    back in one transfer. A non-finite loss raises DivergenceError naming the epoch.
+    back in one transfer. A non-finite loss or parameter, or a loss at the clip's ceiling (the
+    clip keeps a blown-up run finite: --lr 10 gives ~30), raises DivergenceError naming the epoch.
     """
     xp = array_namespace(data.x_train)
     device = _device_of(data.x_train)
@@ -178,18 +180,25 @@ def train_epochs(
         order = xp.asarray(rng.permutation(n), dtype=xp.int64, device=device)
         params, loss_sum, hits = run_epoch(params, data.x_train, data.y_train, order, config.batch_size,
                                            config.lr, on_batch)
-        stats = [loss_sum, xp.astype(hits, float_dtype)]
+        # a sum over all parameters is non-finite iff some parameter is (or it overflowed: diverged too)
+        stats = [loss_sum, xp.astype(hits, float_dtype), sum(xp.sum(p) for p in params)]
         if data.x_test is not None:
             stats.append(xp.astype(count_correct(params, data.x_test, data.y_test), float_dtype))
         host = to_numpy(xp.stack(stats)).astype(np.float64)  # the epoch's one device->host read
         seconds = time.perf_counter() - started
         loss = float(host[0]) / (n / config.batch_size)
-        if not math.isfinite(loss):
+        saturated = loss > SATURATED_FRACTION * -math.log(PROB_CLIP)
+        if not (math.isfinite(loss) and math.isfinite(host[2])) or saturated:
+            what = (f"the loss is {loss}" if not math.isfinite(loss) else
+                    "the parameters overflowed to inf/nan" if not math.isfinite(host[2]) else
+                    f"the loss {loss:.2f} is at the clipping ceiling -log(1e-15) = 34.5 (predictions saturated, "
+                    "accuracy at chance)")
             raise DivergenceError(
-                f"training diverged in epoch {epoch}: the loss is {loss}; "
-                f"use a smaller learning rate than {config.lr} or --init he"
+                f"training diverged in epoch {epoch}: {what}; "
+                f"use a smaller learning rate than {config.lr} or --init he",
+                epoch,
             )
-        test_accuracy = float(host[2]) / data.x_test.shape[0] if data.x_test is not None else None
+        test_accuracy = float(host[3]) / data.x_test.shape[0] if data.x_test is not None else None
         yield EpochReport(epoch, config.epochs, loss, float(host[1]) / n, test_accuracy, seconds, params)
 
 

@@ -1,0 +1,283 @@
+"""Reliability: resume after SIGKILL is bit-identical, Ctrl-C exits 130 with a resume hint, divergence
+is explained, writes are atomic, model files are validated and portable across backends, and the
+library's public entry points reject bad arrays with messages that say what was expected."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from xpmlp import fit, init_params, load_model, save_model
+from xpmlp.backend import get_backend, to_numpy
+from xpmlp.checkpoint import latest_checkpoint, write_checkpoint
+from xpmlp.errors import ConfigError, DivergenceError, InputError, ModelFileError
+from xpmlp.evaluate import main as evaluate_main
+from xpmlp.io import atomic_write
+from xpmlp.model import predict
+from xpmlp.train import main as train_main
+from xpmlp.training import TrainConfig
+
+RUN = ["--limit", "12800", "--hidden", "64", "--epochs", "5", "--dtype", "float64", "--seed", "11"]
+
+
+def cli(*args, **kwargs):
+    return subprocess.Popen([sys.executable, "-m", "xpmlp.train", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def numbers(stdout):
+    """Epoch lines without the wall time, the part that must repeat exactly."""
+    return [line.split(", Time")[0] for line in stdout.splitlines() if line.startswith("Epoch")]
+
+
+def wait_for(path, process, timeout=120):
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.005)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("full")
+    proc = cli(*RUN, "--save", str(folder / "model.npz"))
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    return numbers(out), np.load(folder / "model.npz")
+
+
+@pytest.mark.parametrize("kill_after_epoch, extra_delay", [(1, 0.0), (2, 0.03), (3, 0.0)])
+def test_sigkill_then_resume_is_bit_identical(tmp_path, uninterrupted, kill_after_epoch, extra_delay):
+    ckpt = tmp_path / "ckpt"
+    proc = cli(*RUN, "--checkpoint-dir", str(ckpt), "--save", str(tmp_path / "model.npz"))
+    wait_for(ckpt / f"checkpoint-bs64-epoch{kill_after_epoch:04d}.npz", proc)
+    time.sleep(extra_delay)  # sometimes mid-epoch, sometimes mid-write of the next checkpoint
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+    resumed = cli(*RUN, "--checkpoint-dir", str(ckpt), "--save", str(tmp_path / "model.npz"), "--resume")
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    assert "resuming from" in err
+    expected_numbers, expected_model = uninterrupted
+    assert numbers(out) == expected_numbers
+    got = np.load(tmp_path / "model.npz")
+    for name in ("W1", "b1", "W2", "b2"):
+        np.testing.assert_array_equal(got[name], expected_model[name], err_msg=name)
+    assert not list(ckpt.glob(".*.tmp")), "a finished run leaves no temp files"
+
+
+def test_resume_with_a_different_config_names_the_fields(tmp_path, capsys):
+    ckpt = tmp_path / "ckpt"
+    assert train_main(["--limit", "640", "--hidden", "8", "--epochs", "1", "--checkpoint-dir", str(ckpt)]) == 0
+    capsys.readouterr()
+    code = train_main(["--limit", "640", "--hidden", "9", "--epochs", "2", "--dtype", "float64", "--seed", "1",
+                       "--checkpoint-dir", str(ckpt), "--resume"])
+    err = capsys.readouterr().err
+    assert code == 2
+    for field in ("hidden (checkpoint 8, now 9)", "dtype", "seed"):
+        assert field in err
+    assert "epochs" not in err.split("differing:")[1]  # more epochs is allowed: training continues
+
+
+def test_resume_can_extend_training(tmp_path, capsys):
+    ckpt = tmp_path / "ckpt"
+    base = ["--limit", "640", "--hidden", "8", "--checkpoint-dir", str(ckpt)]
+    assert train_main([*base, "--epochs", "1"]) == 0
+    assert train_main([*base, "--epochs", "3", "--resume"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("Epoch")]
+    assert [line.split(",")[0] for line in lines] == ["Epoch 1/1", "Epoch 1/3", "Epoch 2/3", "Epoch 3/3"]
+
+
+def test_damaged_newest_checkpoint_falls_back_to_the_previous(tmp_path):
+    params = init_params(0, 784, 4, 10)
+    rng = np.random.default_rng(0)
+    run = {**TrainConfig(hidden=4).to_dict(), "dataset": "mnist"}
+    write_checkpoint(tmp_path, params, 1, rng, [], run)
+    newest = write_checkpoint(tmp_path, params, 2, rng, [], run)
+    newest.write_bytes(newest.read_bytes()[:100])  # torn by something outside xpmlp
+    checkpoint, skipped = latest_checkpoint(tmp_path, 64)
+    assert checkpoint.epoch == 1 and len(skipped) == 1 and "epoch0002" in skipped[0]
+
+
+def test_only_the_newest_two_checkpoints_are_kept(tmp_path):
+    params, rng = init_params(0, 784, 4, 10), np.random.default_rng(0)
+    run = {**TrainConfig(hidden=4).to_dict(), "dataset": "mnist"}
+    for epoch in range(1, 5):
+        write_checkpoint(tmp_path, params, epoch, rng, [], run)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-bs64-epoch0003.npz",
+                                                          "checkpoint-bs64-epoch0004.npz"]
+
+
+def test_ctrl_c_keeps_the_checkpoint_and_exits_130(tmp_path):
+    ckpt = tmp_path / "ckpt"
+    proc = cli(*RUN, "--epochs", "50", "--checkpoint-dir", str(ckpt))
+    wait_for(ckpt / "checkpoint-bs64-epoch0001.npz", proc)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Resume with: python -m xpmlp.train" in err and "--resume" in err
+    assert "Traceback" not in err
+    checkpoint, skipped = latest_checkpoint(ckpt, 64)
+    assert checkpoint is not None and checkpoint.epoch >= 1 and not skipped
+
+
+def test_divergence_is_explained(tmp_path, capsys):
+    ckpt = tmp_path / "ckpt"
+    code = train_main(["--lr", "10", "--limit", "6400", "--epochs", "3", "--checkpoint-dir", str(ckpt)])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "diverged in epoch 1" in err and "smaller learning rate" in err and "--init he" in err
+    assert "Traceback" not in err
+
+
+def test_divergence_on_nan_parameters_names_the_epoch():
+    x = np.random.default_rng(0).random((64, 784))
+    y = np.arange(64) % 10
+    with pytest.raises(DivergenceError, match="epoch 1") as caught:
+        fit(x, y, config=TrainConfig(epochs=2, batch_size=32, hidden=8, lr=1e30))
+    assert caught.value.epoch == 1
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
+    path = tmp_path / "model.npz"
+    save_model(path, init_params(0, 784, 4, 10))
+    good = path.read_bytes()
+
+    def crash_halfway(handle):
+        handle.write(good[: len(good) // 2])
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(path, crash_halfway)
+    assert path.read_bytes() == good
+    assert [p.name for p in tmp_path.iterdir()] == ["model.npz"]
+
+
+def _write_npz(path, **arrays):
+    np.savez(path, **arrays)
+    return path
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda a: a.pop("b2"), "missing arrays ['b2']"),
+    (lambda a: a.update(extra=np.zeros(3)), "unexpected arrays ['extra']"),
+    (lambda a: a.update(b1=np.zeros(5)), "inconsistent shapes"),
+    (lambda a: a.update(W1=a["W1"].astype(np.int32)), "W1 has dtype int32"),
+    (lambda a: a.update(W2=a["W2"][None]), "W2 has shape"),
+    (lambda a: a.update(b2=np.full(10, np.nan, dtype=np.float32)), "b2 contains NaN"),
+    (lambda a: a.update(W1=np.array([object()] * 3, dtype=object)), "not a readable .npz"),
+])
+def test_bad_model_files_are_clear_errors(tmp_path, change, message):
+    arrays = {k: v for k, v in zip(("W1", "b1", "W2", "b2"), init_params(0, 784, 4, 10))}
+    change(arrays)
+    path = _write_npz(tmp_path / "m.npz", **arrays)
+    with pytest.raises(ModelFileError, match=message.replace("[", r"\[").replace("]", r"\]")) as caught:
+        load_model(path)
+    assert str(path) in str(caught.value)
+
+
+def test_truncated_or_foreign_model_file(tmp_path):
+    path = tmp_path / "m.npz"
+    save_model(path, init_params(0, 784, 4, 10))
+    path.write_bytes(path.read_bytes()[:-50])
+    with pytest.raises(ModelFileError, match="not a readable .npz"):
+        load_model(path)
+    (tmp_path / "x.npz").write_text("hello")
+    with pytest.raises(ModelFileError):
+        load_model(tmp_path / "x.npz")
+
+
+def test_a_model_saved_on_one_backend_predicts_the_same_on_another(backend, mnist, tmp_path):
+    torch_or_numpy = get_backend("torch") if _has_torch() else get_backend("numpy")
+    x_host = (mnist.x_test[:500].reshape(500, -1) / 255.0).astype(np.float32)
+    params = init_params(3, 784, 32, 10, init="he", xp=torch_or_numpy.xp, device=torch_or_numpy.device)
+    save_model(tmp_path / "m.npz", params)
+    expected = to_numpy(predict(params, torch_or_numpy.asarray(x_host)))
+    loaded, _ = load_model(tmp_path / "m.npz", xp=backend.xp, device=backend.device)
+    got = to_numpy(predict(loaded, backend.asarray(x_host)))
+    np.testing.assert_array_equal(got, expected)
+
+
+def _has_torch():
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def test_evaluate_reports_what_training_printed(tmp_path, capsys):
+    model = tmp_path / "m.npz"
+    assert train_main(["--limit", "1280", "--hidden", "16", "--epochs", "1", "--save", str(model),
+                       "--json", str(tmp_path / "r.json")]) == 0
+    capsys.readouterr()
+    assert evaluate_main([str(model), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    trained = json.loads((tmp_path / "r.json").read_text())["runs"][0]["history"][-1]
+    assert result["accuracy"] == pytest.approx(trained["test_accuracy"], abs=1e-12)
+    assert result["samples"] == 10000 and 0 < result["loss"] < 35
+    assert evaluate_main([str(tmp_path / "missing.npz")]) == 2
+    assert "no such file" in capsys.readouterr().err
+
+
+X = np.random.default_rng(0).random((64, 784))
+Y = np.arange(64) % 10
+
+
+@pytest.mark.parametrize("x, y, message", [
+    (X[:, :700], Y, "700 features; the model expects 784"),
+    (X.reshape(64, 28, 28), Y, "must be 2-D"),
+    (X, Y.astype(np.float64), "integer class indices"),
+    (X, Y + 5, "labels must be in 0..9; got values from 5 to 14"),
+    (X, Y[:60], "64 samples but labels has 60"),
+    (np.where(X > 0.99, np.nan, X), Y, "NaN or infinity"),
+    (X, Y[:, None], "labels must be 1-D"),
+])
+def test_library_inputs_are_validated(x, y, message):
+    params = init_params(0, 784, 8, 10, dtype="float64")
+    with pytest.raises(InputError, match=message):
+        fit(x, y, params=params, config=TrainConfig(epochs=1, batch_size=32, hidden=8))
+
+
+def test_mixed_namespaces_in_one_call_are_refused():
+    strict = get_backend("array_api_strict")
+    with pytest.raises(InputError, match="different libraries"):
+        fit(strict.asarray(X), Y, config=TrainConfig(epochs=1, batch_size=32, hidden=8))
+
+
+def test_library_config_is_validated():
+    with pytest.raises(ConfigError, match="learning rate"):
+        fit(X, Y, config=TrainConfig(lr=float("inf")))
+    with pytest.raises(ConfigError, match="no full batch"):
+        fit(X, Y, config=TrainConfig(batch_size=128))
+
+
+def test_fit_keeps_results_on_the_callers_backend(backend):
+    x = backend.asarray(X, backend.xp.float32)
+    y = backend.asarray(Y, backend.xp.int64)
+    params, history = fit(x, y, config=TrainConfig(epochs=2, batch_size=16, hidden=8, init="he"))
+    from array_api_compat import array_namespace, device
+
+    assert all(array_namespace(p) is backend.xp and str(device(p)) == str(device(x)) for p in params)
+    assert [h["epoch"] for h in history] == [1, 2] and history[1]["loss"] < history[0]["loss"]
+
+
+def test_unwritable_outputs_fail_before_training(tmp_path, capsys):
+    started = time.monotonic()
+    code = train_main(["--save", str(tmp_path / "no" / "m.npz")])
+    assert code == 2 and "does not exist" in capsys.readouterr().err
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    if os.access(locked, os.W_OK):  # root ignores permissions
+        pytest.skip("running as root: permission bits are not enforced")
+    assert train_main(["--json", str(locked / "r.json")]) == 2
+    assert time.monotonic() - started < 60  # it did not train ten epochs first
