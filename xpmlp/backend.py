@@ -264,6 +264,11 @@ def _name_of(array: Any) -> str:
     return type(array).__module__.split(".")[0]
 
 
+def index_dtype(xp: Any) -> Any:
+    """The namespace's default integer for indices and labels (int32 on JAX without x64)."""
+    return xp.__array_namespace_info__().default_dtypes()["indexing"]
+
+
 def to_numpy(array: Any) -> np.ndarray:
     """Bring any backend's array to a host NumPy array (CuPy refuses np.asarray, strict lacks it)."""
     if isinstance(array, np.ndarray):

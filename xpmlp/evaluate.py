@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any, Sequence
 
-from .backend import CHOICES, auto_backend, get_backend, resolve_name, to_numpy
+from .backend import CHOICES, auto_backend, get_backend, index_dtype, resolve_name, to_numpy
 from .data import DATASETS, load_dataset
 from .errors import XpmlpError
 from .io import load_model
@@ -68,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if x.shape[1] != params.W1.shape[0]:
             raise XpmlpError(f"model expects {params.W1.shape[0]} features per sample but {dataset.name} has "
                              f"{x.shape[1]}; evaluate on the data set it was trained on")
-        y = backend.asarray(labels.astype("int64"), backend.xp.int64)
+        y = backend.asarray(labels.astype("int64"), index_dtype(backend.xp))
         loss, accuracy = evaluate(params, x, y)
     except XpmlpError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)

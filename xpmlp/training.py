@@ -10,7 +10,7 @@ from typing import Any, Callable, Iterator, NamedTuple
 import numpy as np
 from array_api_compat import array_namespace
 
-from .backend import Backend, backend_of, to_numpy
+from .backend import Backend, backend_of, index_dtype, to_numpy
 from .errors import ConfigError, DivergenceError, InputError
 from .model import DTYPES, INITS, PROB_CLIP, Params, init_params, predict, train_step
 
@@ -83,7 +83,7 @@ def to_device_data(dataset: Any, backend: Backend, dtype: str, limit: int | None
     """Copy a host data set to the backend once; ``limit`` keeps the first N training samples."""
     xp = backend.xp
     n = dataset.x_train.shape[0] if limit is None else limit
-    float_dtype, label_dtype = getattr(xp, dtype), xp.int64
+    float_dtype, label_dtype = getattr(xp, dtype), index_dtype(xp)
     return DeviceData(
         backend.asarray(scale_pixels(dataset.x_train[:n], dtype), float_dtype),
         backend.asarray(dataset.y_train[:n].astype(np.int64), label_dtype),
@@ -177,7 +177,7 @@ def train_epochs(
         if on_epoch_start is not None:
             on_epoch_start(epoch)
         started = time.perf_counter()
-        order = xp.asarray(rng.permutation(n), dtype=xp.int64, device=device)
+        order = xp.asarray(rng.permutation(n), dtype=index_dtype(xp), device=device)
         params, loss_sum, hits = run_epoch(params, data.x_train, data.y_train, order, config.batch_size,
                                            config.lr, on_batch)
         # a sum over all parameters is non-finite iff some parameter is (or it overflowed: diverged too)
