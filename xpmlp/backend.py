@@ -87,11 +87,11 @@ def _check_torch(torch: Any, device: Any) -> None:
 
 
 def _check_jax(jax: Any, device: Any) -> None:
-    if device is not None and not isinstance(device, str):
-        return
-    platforms = {d.platform for d in jax.devices()}
-    if isinstance(device, str) and device.split(":")[0] not in platforms | {"cuda" if "gpu" in platforms else ""}:
-        raise BackendError(f"jax device {device!r} not available; jax has {sorted(platforms)}")
+    try:
+        _jax_device(jax, device)
+    except (RuntimeError, IndexError, ValueError) as exc:
+        platforms = sorted({d.platform for d in jax.devices()})
+        raise BackendError(f"jax device {device!r} not available ({exc}); jax has {platforms}") from None
 
 
 def _jax_device(jax: Any, device: Any) -> Any:
