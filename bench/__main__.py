@@ -1,0 +1,231 @@
+"""``python -m bench``: time every implementation of the seed's MLP, interleaved, and report.
+
+Each row runs in its own long-lived worker process (bench/worker.py) so its peak memory is its own
+and no two libraries' thread pools share a process; the parent interleaves them epoch by epoch:
+for every round, for every batch size, for every row (order rotated each round) -> one epoch.
+Only one worker computes at any moment. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .impls import CPU_ROWS, GPU_ROWS, IMPLS
+
+ROOT = Path(__file__).resolve().parent.parent
+SWEEP = list(range(8, 65, 8))
+QUICK_SIZES = [8, 32, 64]
+QUICK_LIMIT = 15_000
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true",
+                   help=f"batch sizes {QUICK_SIZES}, first {QUICK_LIMIT} samples (under 3 minutes on 2 cores)")
+    p.add_argument("--gpu", action="store_true", help="only the GPU rows (xpmlp on cupy/torch-cuda/jax, the "
+                   "PyTorch peers on CUDA, jax-jit) plus the seed CPU baseline")
+    p.add_argument("--impls", help=f"comma-separated rows (default: all that run here): {', '.join(IMPLS)}")
+    p.add_argument("--batch-sizes", help="comma-separated, e.g. 8,32,64 (default: the seed's sweep 8..64 step 8)")
+    p.add_argument("--seed-batch-sizes", help="batch sizes for the seed row only (default: the same as the others)")
+    p.add_argument("--repeats", type=int, default=3, help="timed epochs per row and batch size (default 3)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed warm-up epochs first (default 1)")
+    p.add_argument("--limit", type=int, help="train on the first N samples (default 60000; --quick: 15000)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64"],
+                   help="dtype of every row but seed, which is float64 as in the notebook")
+    p.add_argument("--hidden", type=int, default=300)
+    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--init", default="seed", choices=["seed", "he"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, help="BLAS/OpenMP threads per row (threadpoolctl + torch.set_num_threads); "
+                   "default: the libraries' own choice (all cores). Use 1 when other jobs share the cores: "
+                   "OpenBLAS's spinning threads slow down many-fold when a core is taken")
+    p.add_argument("--gap", type=float, default=0.3,
+                   help="seconds to sleep before each epoch, so the previous row's spinning BLAS/OpenMP threads "
+                        "(OpenBLAS spins ~0.1 s after its last call) go idle first (default 0.3)")
+    p.add_argument("--gemm-n", type=int, default=2048, help="size of the square matmul that measures the peak")
+    p.add_argument("--out", default=str(ROOT / "bench" / "results"), help="output folder (default bench/results)")
+    p.add_argument("--tag", help="output file stem (default: cpu / gpu, with -quick)")
+    p.add_argument("--list", action="store_true", help="list the rows and exit")
+    return p.parse_args(argv)
+
+
+def machine_info() -> dict:
+    info = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()}
+    try:
+        info["affinity"] = len(os.sched_getaffinity(0))
+    except AttributeError:
+        info["affinity"] = None
+    try:
+        with open("/proc/cpuinfo") as f:
+            info["cpu_model"] = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), None)
+        with open("/proc/cpuinfo") as f:
+            flags = next((ln.split(":", 1)[1].split() for ln in f if ln.startswith("flags")), [])
+        info["simd"] = [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "avx_vnni") if f in flags]
+    except OSError:
+        info["cpu_model"] = platform.processor()
+    info["env"] = {k: v for k, v in sorted(os.environ.items())
+                   if k.startswith(("OPENBLAS_", "OMP_", "MKL_", "XPMLP_", "GOMP_", "KMP_", "XLA_", "JAX_",
+                                    "CUDA_VISIBLE"))}
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20)
+        info["gpu"] = "; ".join(ln.strip() for ln in out.stdout.splitlines() if ln.strip()) or None
+    except (OSError, subprocess.SubprocessError):
+        info["gpu"] = None
+    return info
+
+
+class Worker:
+    def __init__(self, name: str, config: dict):
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        self.name = name
+        self.proc = subprocess.Popen([sys.executable, "-m", "bench.worker"], cwd=ROOT, env=env, text=True,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=1)
+        self.send({**config, "impl": name})
+
+    def send(self, obj):
+        self.proc.stdin.write(json.dumps(obj) + "\n")
+        self.proc.stdin.flush()
+
+    def recv(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            return {"ok": False, "error": f"worker exited (status {self.proc.wait()})",
+                    "reason": f"worker exited (status {self.proc.wait()})"}
+        return json.loads(line)
+
+    def ask(self, obj) -> dict:
+        self.send(obj)
+        return self.recv()
+
+    def close(self):
+        try:
+            if self.proc.poll() is None:
+                self.ask({"cmd": "quit"})
+        except (BrokenPipeError, OSError, ValueError):
+            pass
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def log(msg: str):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.list:
+        for name, (_, dev) in IMPLS.items():
+            print(f"{name:24s} {dev}")
+        return 0
+    if args.impls:
+        names = [n.strip() for n in args.impls.split(",") if n.strip()]
+        bad = [n for n in names if n not in IMPLS]
+        if bad:
+            print(f"unknown row(s) {bad}; valid: {', '.join(IMPLS)}", file=sys.stderr)
+            return 2
+    elif args.gpu:
+        names = ["seed"] + GPU_ROWS
+    else:
+        names = list(CPU_ROWS)
+    sizes = [int(s) for s in args.batch_sizes.split(",")] if args.batch_sizes else (QUICK_SIZES if args.quick else SWEEP)
+    seed_sizes = [int(s) for s in args.seed_batch_sizes.split(",")] if args.seed_batch_sizes else sizes
+    limit = args.limit or (QUICK_LIMIT if args.quick else None)
+    tag = args.tag or ("gpu" if args.gpu else "cpu") + ("-quick" if args.quick else "")
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started, t0 = dt.datetime.now().isoformat(timespec="seconds"), time.perf_counter()
+
+    config = {"dtype": args.dtype, "limit": limit, "threads": args.threads, "seed": args.seed, "hidden": args.hidden, "init": args.init}
+    log(f"starting {len(names)} workers: {', '.join(names)}")
+    workers = {n: Worker(n, config) for n in names}
+    rows, skipped = {}, {}
+    for name, w in workers.items():
+        hello = w.recv()
+        if hello.get("ok"):
+            rows[name] = {"info": hello, "epochs": {}, "hidden": args.hidden}
+            log(f"  {name}: {hello['library']} on {hello['device']}, {hello['dtype']}, {hello['n_train']} samples")
+        else:
+            skipped[name] = hello.get("reason", "?")
+            log(f"  {name}: skipped ({skipped[name]})")
+            w.close()
+    for name in skipped:
+        del workers[name]
+    try:
+        for name, w in workers.items():  # one at a time: the GEMM peak of each library, device and dtype
+            time.sleep(max(args.gap, 0.3))
+            res = w.ask({"cmd": "gemm", "n": args.gemm_n, "repeats": 7})
+            rows[name]["gemm_gflops"] = res.get("gflops")
+            log(f"  {name}: {args.gemm_n}^3 GEMM {res.get('gflops', float('nan')):.1f} GFLOP/s {res.get('error', '')}")
+        order = list(workers)
+        for rnd in range(args.warmup + args.repeats):
+            warm = rnd < args.warmup
+            rot = order[rnd % len(order):] + order[:rnd % len(order)] if order else []
+            for bs in sizes:
+                for name in rot:
+                    if name == "seed" and bs not in seed_sizes:
+                        continue
+                    time.sleep(args.gap)
+                    res = workers[name].ask({"cmd": "epoch", "batch": bs, "lr": args.lr})
+                    if "error" in res:
+                        raise RuntimeError(f"{name} failed at batch {bs}: {res['error']}\n{res.get('traceback', '')}")
+                    rows[name]["epochs"].setdefault(bs, []).append({**res, "warmup": warm})
+                    log(f"round {rnd + 1}/{args.warmup + args.repeats}{' (warm-up)' if warm else ''} b{bs:<3d} "
+                        f"{name:24s} {res['seconds']:7.3f} s  loss {res['loss']:.4f}  acc {res['accuracy']:.4f}")
+        for name, w in workers.items():
+            rows[name]["stats"] = w.ask({"cmd": "stats"})
+    finally:
+        for w in workers.values():
+            w.close()
+
+    from .report import markdown, plot, summarise, targets
+
+    peaks: dict[str, float] = {}
+    for row in rows.values():
+        key = f"{row['info']['device']}/{row['info']['dtype']}"
+        if row.get("gemm_gflops"):
+            peaks[key] = max(peaks.get(key, 0.0), row["gemm_gflops"])
+    for row in rows.values():  # % of peak: against the row's own library's GEMM on its device and dtype
+        row["peak"] = row.get("gemm_gflops") or peaks.get(f"{row['info']['device']}/{row['info']['dtype']}")
+    records = summarise(rows)
+    machine = machine_info()
+    machine["blas"] = {name: row["info"].get("threadpools") for name, row in rows.items()}
+    result = {
+        "tag": tag, "started": started, "wall_seconds": time.perf_counter() - t0,
+        "config": {**config, "command": "python -m bench " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
+                   "rows": names, "batch_sizes": sizes, "seed_batch_sizes": seed_sizes, "repeats": args.repeats,
+                   "warmup": args.warmup, "gap_s": args.gap, "threads": args.threads, "lr": args.lr, "gemm_n": args.gemm_n, "quick": args.quick},
+        "machine": machine,
+        "versions": {name: row["info"].get("versions") for name, row in rows.items()},
+        "gemm_peaks": peaks,
+        "gemm_by_row": {name: row.get("gemm_gflops") for name, row in rows.items()},
+        "skipped": skipped,
+        "records": records,
+        "targets": targets(records),
+        "raw": {name: {str(bs): eps for bs, eps in row["epochs"].items()} for name, row in rows.items()},
+    }
+    stem = out_dir / tag
+    stem.with_suffix(".json").write_text(json.dumps(result, indent=1, default=str) + "\n")
+    md = markdown(result)
+    stem.with_suffix(".md").write_text(md)
+    plotted = plot(result, stem.with_suffix(".png"))
+    print(md)
+    log(f"wrote {stem}.json, {stem}.md" + (f", {stem}.png" if plotted else " (no plot: matplotlib missing)")
+        + f" in {result['wall_seconds']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,555 @@
+"""The benchmark rows: one class per way of training the seed's 784-H-10 MLP.
+
+Every implementation trains the same model on the same data in the same order:
+
+* initial parameters are given as host float64 arrays ``(W1 (784,H), b1 (H,), W2 (H,10), b2 (10,))``
+  (drawn once by the caller with ``xpmlp.model.init_params``), and
+* each epoch's order is a host permutation drawn by the caller from its own
+  ``numpy.random.Generator``, so all rows see the same batches.
+
+An implementation object holds its data on its device; ``init`` turns host parameters into its own
+state, ``epoch`` runs one SGD pass (summed-gradient updates, lr * sum_b (p - onehot) ...) and returns
+``(state, loss_sum, hits)`` as host numbers *after* a device synchronise, and ``host_params`` gives
+the state back as float64 NumPy arrays (used by tests/test_bench.py to prove the rows agree).
+
+Library imports happen inside the classes, so importing this module needs only NumPy.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+PROB_CLIP = 1e-15
+
+
+class Unavailable(Exception):
+    """This row cannot run here (library missing, no GPU); the message says why."""
+
+
+class Impl:
+    name = "?"
+    device = "cpu"
+    library = "numpy"
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, dtype: str = "float32"):
+        """``x``: (N, 784) uint8 pixels; ``y``: (N,) integer labels."""
+        self.dtype = dtype
+
+    def init(self, params: tuple) -> Any:
+        raise NotImplementedError
+
+    def epoch(self, state: Any, order: np.ndarray, batch_size: int, lr: float) -> tuple[Any, float, int]:
+        raise NotImplementedError
+
+    def host_params(self, state: Any) -> tuple:
+        raise NotImplementedError
+
+    def gemm_rate(self, n: int = 2048, repeats: int = 5) -> float:
+        """GFLOP/s of an n^3 matmul in this row's library, device and dtype (median of ``repeats``)."""
+        raise NotImplementedError
+
+    def peak_device_memory(self) -> int | None:
+        return None
+
+    def versions(self) -> dict:
+        return {"numpy": np.__version__}
+
+
+def scale(x: np.ndarray, dtype: str) -> np.ndarray:
+    """uint8 pixels -> floats in [0, 1], divided in float64 as the seed does, then cast."""
+    return (x.reshape(x.shape[0], -1) / 255.0).astype(dtype, copy=False)
+
+
+def _median_rate(run, sync, n, repeats) -> float:
+    run()
+    sync()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        sync()
+        times.append(time.perf_counter() - start)
+    return 2 * n**3 / float(np.median(times)) / 1e9
+
+
+class _NumpyGemm:
+    def gemm_rate(self, n: int = 2048, repeats: int = 5) -> float:
+        a = np.ones((n, n), dtype=self.dtype)
+        out = np.empty_like(a)
+        return _median_rate(lambda: np.matmul(a, a, out=out), lambda: None, n, repeats)
+
+
+# --- seed: the notebook's loop, verbatim maths ---------------------------------------------------
+
+
+def _relu(x):
+    return np.maximum(0, x)
+
+
+def _softmax(x):
+    exp_x = np.exp(x - np.max(x, axis=-1, keepdims=True))
+    return exp_x / np.sum(exp_x, axis=-1, keepdims=True)
+
+
+def _cross_entropy_loss(predictions, targets):
+    epsilon = 1e-15
+    predictions = np.clip(predictions, epsilon, 1.0)
+    N = predictions.shape[0]
+    return -np.sum(targets * np.log(predictions)) / N
+
+
+class Seed(_NumpyGemm, Impl):
+    """The notebook's ``train_neural_network`` body: float64 pixels, float32 one-hot targets (what
+    keras' ``to_categorical`` returns), fancy-indexed batches, a fresh array for every step.
+    Only the shuffle differs: the caller's permutation replaces ``np.random.shuffle`` (same cost)."""
+
+    name = "seed"
+
+    def __init__(self, x, y, dtype="float64"):
+        self.dtype = "float64"  # the notebook's dtype, whatever the others use
+        self.X = scale(x, "float64")
+        self.Y = np.eye(10, dtype=np.float32)[np.asarray(y, dtype=np.int64)]
+
+    def init(self, params):
+        w1, b1, w2, b2 = (np.array(p, dtype=np.float64) for p in params)
+        return [w1, b1.reshape(1, -1), w2, b2.reshape(1, -1)]
+
+    def epoch(self, state, order, batch_size, lr):
+        weights_input_hidden, biases_hidden, weights_hidden_output, biases_output = state
+        X, y, indices, learning_rate = self.X, self.Y, order, lr
+        total_loss = 0
+        correct_predictions = 0
+        for batch_start in range(0, X.shape[0], batch_size):
+            batch_indices = indices[batch_start:batch_start + batch_size]
+            X_batch = X[batch_indices]
+            y_batch = y[batch_indices]
+
+            hidden_layer_input = np.dot(X_batch, weights_input_hidden) + biases_hidden
+            hidden_layer_output = _relu(hidden_layer_input)
+            output_layer_input = np.dot(hidden_layer_output, weights_hidden_output) + biases_output
+            output_layer_output = _softmax(output_layer_input)
+
+            loss = _cross_entropy_loss(output_layer_output, y_batch)
+            total_loss += loss
+
+            predictions = np.argmax(output_layer_output, axis=1)
+            true_labels = np.argmax(y_batch, axis=1)
+            correct_predictions += np.sum(predictions == true_labels)
+
+            output_error = output_layer_output - y_batch
+            hidden_error = np.dot(output_error, weights_hidden_output.T) * (hidden_layer_output > 0)
+
+            weights_hidden_output -= learning_rate * np.dot(hidden_layer_output.T, output_error)
+            biases_output -= learning_rate * np.sum(output_error, axis=0, keepdims=True)
+            weights_input_hidden -= learning_rate * np.dot(X_batch.T, hidden_error)
+            biases_hidden -= learning_rate * np.sum(hidden_error, axis=0, keepdims=True)
+        return state, float(total_loss), int(correct_predictions)
+
+    def host_params(self, state):
+        w1, b1, w2, b2 = state
+        return w1.copy(), b1.ravel().copy(), w2.copy(), b2.ravel().copy()
+
+
+# --- numpy_fast: the fastest plain-NumPy loop for the same maths ---------------------------------
+
+
+class NumpyFast(_NumpyGemm, Impl):
+    """Plain NumPy, everything in place: one gather per epoch, preallocated per-batch buffers,
+    ``out=`` everywhere, lr folded into the (B, 10) output error before the products, the ReLU
+    mask applied with a preallocated boolean buffer, statistics as host floats."""
+
+    name = "numpy_fast"
+
+    def __init__(self, x, y, dtype="float32"):
+        self.dtype = dtype
+        self.X = scale(x, dtype)
+        self.y = np.asarray(y, dtype=np.intp)
+        self._buffers: dict = {}
+
+    def init(self, params):
+        return [np.array(p, dtype=self.dtype) for p in params]
+
+    def _buf(self, batch_size, hidden, n_out):
+        key = (batch_size, hidden, n_out)
+        if key not in self._buffers:
+            d = self.dtype
+            self._buffers[key] = dict(
+                z=np.empty((batch_size, hidden), d), mask=np.empty((batch_size, hidden), bool),
+                dh=np.empty((batch_size, hidden), d), lg=np.empty((batch_size, n_out), d),
+                row=np.arange(batch_size), m=np.empty((batch_size, 1), d), s=np.empty((batch_size, 1), d),
+                g1=np.empty((self.X.shape[1], hidden), d), g2=np.empty((hidden, n_out), d),
+                gb1=np.empty(hidden, d), gb2=np.empty(n_out, d),
+            )
+        return self._buffers[key]
+
+    def epoch(self, state, order, batch_size, lr):
+        W1, b1, W2, b2 = state
+        X = np.take(self.X, order, axis=0)  # the epoch's one gather; batches are then views
+        Y = np.take(self.y, order)
+        buf = self._buf(batch_size, W1.shape[1], W2.shape[1])
+        W2T = W2.T
+        loss_sum, hits = 0.0, 0
+        n_total = X.shape[0]
+        for start in range(0, n_total, batch_size):
+            xb, yb = X[start:start + batch_size], Y[start:start + batch_size]
+            n = xb.shape[0]
+            z, mask, dh, lg, row = buf["z"][:n], buf["mask"][:n], buf["dh"][:n], buf["lg"][:n], buf["row"][:n]
+            m, s = buf["m"][:n], buf["s"][:n]
+            g1, g2, gb1, gb2 = buf["g1"], buf["g2"], buf["gb1"], buf["gb2"]
+            np.matmul(xb, W1, out=z)
+            z += b1
+            np.maximum(z, 0, out=z)
+            np.matmul(z, W2, out=lg)
+            lg += b2
+            np.max(lg, axis=1, keepdims=True, out=m)
+            lg -= m
+            np.exp(lg, out=lg)
+            np.sum(lg, axis=1, keepdims=True, out=s)
+            lg /= s
+            target = lg[row, yb]
+            loss_sum -= float(np.log(np.clip(target, PROB_CLIP, 1.0)).mean())
+            hits += int(np.count_nonzero(np.argmax(lg, axis=1) == yb))
+            lg[row, yb] -= 1.0
+            lg *= lr  # lr * (p - onehot): every gradient below comes out already scaled
+            np.matmul(lg, W2T, out=dh)
+            np.greater(z, 0, out=mask)
+            np.multiply(dh, mask, out=dh)
+            np.matmul(z.T, lg, out=g2)
+            W2 -= g2
+            np.sum(lg, axis=0, out=gb2)
+            b2 -= gb2
+            np.matmul(xb.T, dh, out=g1)
+            W1 -= g1
+            np.sum(dh, axis=0, out=gb1)
+            b1 -= gb1
+        return state, loss_sum, hits
+
+    def host_params(self, state):
+        return tuple(np.array(p, dtype=np.float64) for p in state)
+
+
+# --- xpmlp on any backend -------------------------------------------------------------------------
+
+
+class Xpmlp(Impl):
+    """xpmlp's own loop (``xpmlp.training.run_epoch``) on one backend, as ``train_epochs`` runs it:
+    the permutation copied to the device, one pass, the loss and hit count read back once."""
+
+    def __init__(self, x, y, dtype="float32", backend="numpy", device=None):
+        from xpmlp.backend import get_backend
+        from xpmlp.errors import BackendError
+
+        try:
+            self.backend = get_backend(backend, device)
+        except BackendError as exc:
+            raise Unavailable(str(exc)) from None
+        self.dtype = dtype
+        b = self.backend
+        self.library = b.name
+        self.device = _device_kind(b)
+        self.name = f"xpmlp-{b.name}" + (f"-{self.device}" if b.name in ("torch", "jax") else "")
+        xp = b.xp
+        self.X = b.asarray(scale(x, dtype), getattr(xp, dtype))
+        self.y = b.asarray(np.asarray(y, dtype=np.int64), xp.int64)
+        b.synchronize()
+
+    def init(self, params):
+        from xpmlp.model import Params, params_to
+
+        return params_to(Params(*params), self.backend.xp, self.dtype, self.backend.device)
+
+    def epoch(self, state, order, batch_size, lr):
+        from xpmlp.backend import to_numpy
+        from xpmlp.training import run_epoch
+
+        xp = self.backend.xp
+        order_d = xp.asarray(order, dtype=xp.int64, device=self.backend.device)
+        state, loss_sum, hits = run_epoch(state, self.X, self.y, order_d, batch_size, lr)
+        host = to_numpy(xp.stack([loss_sum, xp.astype(hits, loss_sum.dtype)]))
+        self.backend.synchronize()
+        return state, float(host[0]), int(host[1])
+
+    def host_params(self, state):
+        from xpmlp.backend import to_numpy
+
+        return tuple(np.array(to_numpy(p), dtype=np.float64) for p in state)
+
+    def gemm_rate(self, n=2048, repeats=5):
+        xp, b = self.backend.xp, self.backend
+        a = xp.ones((n, n), dtype=getattr(xp, self.dtype), device=b.device)
+        box = []
+
+        def sync():  # jax's effects_barrier does not wait for computations: block on the result
+            r = box.pop()
+            b.synchronize()
+            if hasattr(r, "block_until_ready"):
+                r.block_until_ready()
+
+        return _median_rate(lambda: box.append(a @ a), sync, n, repeats)
+
+    def peak_device_memory(self):
+        return _peak_device_memory(self.backend.name, self.backend.module, self.backend.device)
+
+    def versions(self):
+        import array_api_compat
+
+        return {"numpy": np.__version__, "array_api_compat": array_api_compat.__version__,
+                self.backend.name: getattr(self.backend.module, "__version__", "?")}
+
+
+def _device_kind(backend) -> str:
+    text = str(backend.device).lower()
+    return "cuda" if ("cuda" in text or "gpu" in text or backend.name == "cupy") else "cpu"
+
+
+def _peak_device_memory(name, module, device) -> int | None:
+    try:
+        if name == "cupy":
+            return int(module.get_default_memory_pool().total_bytes())  # the pool only grows
+        if name == "torch" and str(device).startswith("cuda"):
+            return int(module.cuda.max_memory_allocated(device))
+        if name == "jax":
+            stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+            return int(stats["peak_bytes_in_use"]) if stats and "peak_bytes_in_use" in stats else None
+    except Exception:  # a statistic we cannot read is reported as missing, not fatal
+        return None
+    return None
+
+
+# --- PyTorch eager peers --------------------------------------------------------------------------
+
+
+def _torch(device: str):
+    try:
+        import torch
+    except ImportError as exc:
+        raise Unavailable(f"torch is not installed ({exc})") from None
+    if device == "cuda" and not torch.cuda.is_available():
+        raise Unavailable("no CUDA GPU visible to torch")
+    return torch
+
+
+class _TorchBase(Impl):
+    library = "torch"
+
+    def __init__(self, x, y, dtype="float32", device="cpu"):
+        torch = self.torch = _torch(device)
+        self.dtype, self.device = dtype, device
+        self.tdtype = getattr(torch, dtype)
+        self.X = torch.as_tensor(scale(x, dtype)).to(device)
+        self.y = torch.as_tensor(np.asarray(y, dtype=np.int64)).to(device)
+        self.name = f"{self.base_name}-{device}"
+        self._sync()
+
+    def _sync(self):
+        if self.device == "cuda":
+            self.torch.cuda.synchronize()
+
+    def gemm_rate(self, n=2048, repeats=5):
+        a = self.torch.ones((n, n), dtype=self.tdtype, device=self.device)
+        return _median_rate(lambda: a @ a, self._sync, n, repeats)
+
+    def peak_device_memory(self):
+        return int(self.torch.cuda.max_memory_allocated()) if self.device == "cuda" else None
+
+    def versions(self):
+        return {"numpy": np.__version__, "torch": self.torch.__version__}
+
+
+class TorchManual(_TorchBase):
+    """The seed's manual-gradient maths in idiomatic eager PyTorch: one gather per epoch, in-place
+    parameter updates, statistics accumulated on the device and read once per epoch."""
+
+    base_name = "torch-manual"
+
+    def init(self, params):
+        # a copy: as_tensor would share the caller's float64 arrays, and the updates are in place
+        return [self.torch.tensor(np.array(p), dtype=self.tdtype, device=self.device) for p in params]
+
+    def epoch(self, state, order, batch_size, lr):
+        torch = self.torch
+        W1, b1, W2, b2 = state
+        idx = torch.as_tensor(order).to(self.device)
+        X, Y = self.X.index_select(0, idx), self.y.index_select(0, idx)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        hits = torch.zeros((), dtype=torch.int64, device=self.device)
+        for start in range(0, X.shape[0], batch_size):
+            xb, yb = X[start:start + batch_size], Y[start:start + batch_size]
+            hidden = torch.relu(torch.addmm(b1, xb, W1))
+            probs = torch.softmax(torch.addmm(b2, hidden, W2), dim=1)
+            target = probs.gather(1, yb[:, None])
+            loss_sum += -torch.log(target.clamp(PROB_CLIP, 1.0)).mean()
+            hits += (probs.argmax(dim=1) == yb).sum()
+            d = probs.scatter_add_(1, yb[:, None], torch.full_like(target, -1.0))  # p - onehot, in place
+            d_hidden = (d @ W2.T).mul_(hidden > 0)
+            W2.sub_(hidden.T @ d, alpha=lr)
+            b2.sub_(d.sum(0), alpha=lr)
+            W1.sub_(xb.T @ d_hidden, alpha=lr)
+            b1.sub_(d_hidden.sum(0), alpha=lr)
+        host = torch.stack([loss_sum, hits.to(torch.float64)]).cpu()
+        self._sync()
+        return state, float(host[0]), int(host[1])
+
+    def host_params(self, state):
+        return tuple(p.detach().cpu().double().numpy() for p in state)
+
+
+class TorchModule(_TorchBase):
+    """``nn.Sequential(Linear, ReLU, Linear)`` with autograd and ``torch.optim.SGD(lr)``.
+
+    The loss that is back-propagated is ``cross_entropy(..., reduction="sum")``, so the gradient is
+    the seed's summed one and plain SGD with the same lr takes the same step. cross_entropy is
+    log_softmax + nll, i.e. *unclipped*: its gradient is exactly p - onehot like the seed's (whose
+    backward ignores the clip too), so the parameters follow the same path; only the reported loss
+    differs from the seed's when some p < 1e-15 (the seed clips it to 1e-15, ~34.5 nats)."""
+
+    base_name = "torch-module"
+
+    def init(self, params):
+        torch = self.torch
+        w1, b1, w2, b2 = params
+        model = torch.nn.Sequential(torch.nn.Linear(w1.shape[0], w1.shape[1]), torch.nn.ReLU(),
+                                    torch.nn.Linear(w2.shape[0], w2.shape[1]))
+        model = model.to(device=self.device, dtype=self.tdtype)
+        with torch.no_grad():  # nn.Linear stores W as (out, in)
+            for layer, w, b in ((model[0], w1, b1), (model[2], w2, b2)):
+                layer.weight.copy_(torch.as_tensor(np.asarray(w).T.copy()))
+                layer.bias.copy_(torch.as_tensor(np.asarray(b)))
+        return model, torch.optim.SGD(model.parameters(), lr=0.01)
+
+    def epoch(self, state, order, batch_size, lr):
+        torch = self.torch
+        F = torch.nn.functional
+        model, opt = state
+        for group in opt.param_groups:
+            group["lr"] = lr
+        idx = torch.as_tensor(order).to(self.device)
+        X, Y = self.X.index_select(0, idx), self.y.index_select(0, idx)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        hits = torch.zeros((), dtype=torch.int64, device=self.device)
+        for start in range(0, X.shape[0], batch_size):
+            xb, yb = X[start:start + batch_size], Y[start:start + batch_size]
+            logits = model(xb)
+            loss = F.cross_entropy(logits, yb, reduction="sum")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                loss_sum += loss.detach() / xb.shape[0]
+                hits += (logits.argmax(dim=1) == yb).sum()
+        host = torch.stack([loss_sum, hits.to(torch.float64)]).cpu()
+        self._sync()
+        return state, float(host[0]), int(host[1])
+
+    def host_params(self, state):
+        model, _ = state
+        f = lambda t: t.detach().cpu().double().numpy()  # noqa: E731
+        return f(model[0].weight).T.copy(), f(model[0].bias), f(model[2].weight).T.copy(), f(model[2].bias)
+
+
+# --- JAX: the whole SGD step under jax.jit ------------------------------------------------------
+
+
+class JaxJit(Impl):
+    """The seed's maths with the whole step (forward, manual backward, update, statistics) in one
+    ``jax.jit`` function with donated parameters; one jitted function per batch shape (the last,
+    partial batch compiles once more). Statistics stay on the device until the epoch ends."""
+
+    library = "jax"
+
+    def __init__(self, x, y, dtype="float32"):
+        try:
+            import jax
+            import jax.numpy as jnp
+        except ImportError as exc:
+            raise Unavailable(f"jax is not installed ({exc})") from None
+        if dtype == "float64":
+            jax.config.update("jax_enable_x64", True)
+        self.jax, self.jnp, self.dtype = jax, jnp, dtype
+        self.dev = jax.devices()[0]
+        self.device = "cuda" if self.dev.platform == "gpu" else self.dev.platform
+        self.name = f"jax-jit-{self.device}"
+        self.X = jax.device_put(jnp.asarray(scale(x, dtype)), self.dev)
+        self.y = jax.device_put(jnp.asarray(np.asarray(y, dtype=np.int32)), self.dev)
+        self._step = jax.jit(self._step_fn, donate_argnums=(0, 1))
+
+    def _step_fn(self, params, acc, xb, yb, lr):
+        jnp = self.jnp
+        W1, b1, W2, b2 = params
+        hidden = jnp.maximum(xb @ W1 + b1, 0)
+        logits = hidden @ W2 + b2
+        e = jnp.exp(logits - logits.max(axis=1, keepdims=True))
+        probs = e / e.sum(axis=1, keepdims=True)
+        target = jnp.take_along_axis(probs, yb[:, None], axis=1)
+        loss = -jnp.mean(jnp.log(jnp.clip(target, PROB_CLIP, 1.0)))
+        hits = jnp.sum(jnp.argmax(probs, axis=1) == yb)
+        d = probs - (yb[:, None] == jnp.arange(probs.shape[1])[None, :]).astype(probs.dtype)
+        dh = jnp.where(hidden > 0, d @ W2.T, 0)
+        new = (W1 - lr * (xb.T @ dh), b1 - lr * dh.sum(0), W2 - lr * (hidden.T @ d), b2 - lr * d.sum(0))
+        return new, (acc[0] + loss, acc[1] + hits)
+
+    def init(self, params):
+        return tuple(self.jax.device_put(self.jnp.asarray(np.asarray(p), dtype=self.dtype), self.dev)
+                     for p in params)
+
+    def epoch(self, state, order, batch_size, lr):
+        jnp = self.jnp
+        idx = self.jax.device_put(jnp.asarray(order), self.dev)
+        X, Y = jnp.take(self.X, idx, axis=0), jnp.take(self.y, idx, axis=0)
+        acc = (jnp.zeros((), self.dtype), jnp.zeros((), jnp.int32))
+        lr = jnp.asarray(lr, self.dtype)
+        for start in range(0, X.shape[0], batch_size):
+            state, acc = self._step(state, acc, X[start:start + batch_size], Y[start:start + batch_size], lr)
+        loss_sum, hits = (np.asarray(a) for a in acc)  # blocks until the epoch is done
+        return state, float(loss_sum), int(hits)
+
+    def host_params(self, state):
+        return tuple(np.asarray(p, dtype=np.float64) for p in state)
+
+    def gemm_rate(self, n=2048, repeats=5):
+        a = self.jax.device_put(self.jnp.ones((n, n), self.dtype), self.dev)
+        mm = self.jax.jit(lambda a: a @ a)
+        box = []
+        return _median_rate(lambda: box.append(mm(a)), lambda: box.pop().block_until_ready(), n, repeats)
+
+    def peak_device_memory(self):
+        return _peak_device_memory("jax", self.jax, self.dev) if self.device != "cpu" else None
+
+    def versions(self):
+        import jaxlib
+
+        return {"numpy": np.__version__, "jax": self.jax.__version__, "jaxlib": jaxlib.__version__}
+
+
+# --- the registry ---------------------------------------------------------------------------------
+
+# name -> (factory(x, y, dtype), device it runs on)
+IMPLS: dict[str, tuple[Any, str]] = {
+    "seed": (lambda x, y, dtype: Seed(x, y), "cpu"),
+    "numpy_fast": (lambda x, y, dtype: NumpyFast(x, y, dtype), "cpu"),
+    "xpmlp-numpy": (lambda x, y, dtype: Xpmlp(x, y, dtype, "numpy"), "cpu"),
+    "xpmlp-array_api_strict": (lambda x, y, dtype: Xpmlp(x, y, dtype, "array_api_strict"), "cpu"),
+    "xpmlp-torch-cpu": (lambda x, y, dtype: Xpmlp(x, y, dtype, "torch", "cpu"), "cpu"),
+    "torch-manual-cpu": (lambda x, y, dtype: TorchManual(x, y, dtype, "cpu"), "cpu"),
+    "torch-module-cpu": (lambda x, y, dtype: TorchModule(x, y, dtype, "cpu"), "cpu"),
+    "xpmlp-cupy": (lambda x, y, dtype: Xpmlp(x, y, dtype, "cupy"), "cuda"),
+    "xpmlp-torch-cuda": (lambda x, y, dtype: Xpmlp(x, y, dtype, "torch", "cuda:0"), "cuda"),
+    "torch-manual-cuda": (lambda x, y, dtype: TorchManual(x, y, dtype, "cuda"), "cuda"),
+    "torch-module-cuda": (lambda x, y, dtype: TorchModule(x, y, dtype, "cuda"), "cuda"),
+    "xpmlp-jax": (lambda x, y, dtype: Xpmlp(x, y, dtype, "jax"), "any"),
+    "jax-jit": (lambda x, y, dtype: JaxJit(x, y, dtype), "any"),
+}
+CPU_ROWS = [n for n, (_, d) in IMPLS.items() if d != "cuda"]
+GPU_ROWS = [n for n, (_, d) in IMPLS.items() if d != "cpu"]
+
+
+def make(name: str, x: np.ndarray, y: np.ndarray, dtype: str = "float32") -> Impl:
+    """Build row ``name`` on (N, 784) uint8 ``x`` and labels ``y``; raises Unavailable."""
+    if name not in IMPLS:
+        raise ValueError(f"unknown implementation {name!r}; valid: {', '.join(IMPLS)}")
+    impl = IMPLS[name][0](x, y, dtype)
+    impl.name = name  # xpmlp-jax and jax-jit run where jax puts them (its GPU when present): see .device
+    return impl

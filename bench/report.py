@@ -1,0 +1,189 @@
+"""Summaries of a benchmark run: per-row statistics, the targets, Markdown, and the plot."""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+from .flops import flops_per_epoch
+
+FULL_EPOCH = 60_000
+XPMLP = "xpmlp-numpy"
+
+
+def summarise(rows: dict, seed_row: str = "seed") -> list[dict]:
+    """One record per (row, batch size) from the raw epoch timings in ``rows``.
+
+    ``rows[name]`` holds ``info`` (the worker's hello), ``gemm_gflops``, ``peak`` (the device+dtype
+    GEMM peak used for %), ``stats`` and ``epochs[bs]`` = list of {seconds, loss, accuracy, warmup}.
+    Seconds are per epoch over the samples used; ``s_per_epoch`` is scaled to 60,000 samples.
+    """
+    out = []
+    for name, row in rows.items():
+        n = row["info"]["n_train"]
+        for bs, epochs in sorted(row["epochs"].items()):
+            timed = [e["seconds"] for e in epochs if not e["warmup"]]
+            if not timed:
+                continue
+            med = statistics.median(timed)
+            flops = flops_per_epoch(n, hidden=row["hidden"])
+            rec = {
+                "impl": name, "device": row["info"]["device"], "dtype": row["info"]["dtype"],
+                "batch_size": bs, "n_samples": n, "timed_epochs": len(timed),
+                "seconds": timed, "warmup_seconds": [e["seconds"] for e in epochs if e["warmup"]],
+                "median_s": med, "min_s": min(timed), "max_s": max(timed),
+                "s_per_epoch": med * FULL_EPOCH / n,
+                "samples_per_s": n / med,
+                "gflops": flops / med / 1e9,
+                "gemm_peak_gflops": row.get("peak"),
+                "pct_of_peak": 100 * flops / med / 1e9 / row["peak"] if row.get("peak") else None,
+                "peak_rss_mib": _mib(row["stats"].get("peak_rss_bytes")),
+                "rss_delta_mib": _mib(_sub(row["stats"].get("peak_rss_bytes"), row["stats"].get("rss_baseline_bytes"))),
+                "device_peak_mib": _mib(row["stats"].get("device_peak_bytes")),
+                "final_loss": epochs[-1]["loss"], "final_accuracy": epochs[-1]["accuracy"],
+                "epochs_trained": len(epochs),
+            }
+            out.append(rec)
+    seed = {r["batch_size"]: r["median_s"] for r in out if r["impl"] == seed_row}
+    for r in out:
+        r["speedup_vs_seed"] = seed[r["batch_size"]] / r["median_s"] if r["batch_size"] in seed else None
+    return out
+
+
+def _sub(a, b):
+    return a - b if a is not None and b is not None else None
+
+
+def _mib(b):
+    return None if b is None else b / 2**20
+
+
+def targets(records: list[dict]) -> list[dict]:
+    """The issue's CPU targets for xpmlp's numpy backend, each met / not met / n/a with numbers."""
+    by = {(r["impl"], r["batch_size"]): r for r in records}
+    sizes = sorted({r["batch_size"] for r in records if r["impl"] == XPMLP})
+    out = []
+
+    def add(name, ok, detail):
+        out.append({"target": name, "status": "n/a" if ok is None else ("met" if ok else "NOT met"), "detail": detail})
+
+    def ratio_rows(other_names, pred):
+        parts, oks = [], []
+        for bs in sizes:
+            others = [by[(o, bs)] for o in other_names if (o, bs) in by]
+            if not others:
+                continue
+            other = min(others, key=lambda r: r["median_s"])
+            ratio = other["median_s"] / by[(XPMLP, bs)]["median_s"]
+            oks.append(pred(ratio))
+            parts.append(f"b{bs}: {ratio:.2f}x vs {other['impl']}")
+        return (all(oks) if oks else None), "; ".join(parts) or "rows missing"
+
+    x64, s64 = by.get((XPMLP, 64)), by.get(("seed", 64))
+    if x64 and s64:
+        sp = s64["median_s"] / x64["median_s"]
+        add(">= 2.5x faster than seed at batch 64", sp >= 2.5, f"{sp:.2f}x ({x64['median_s']:.3f} s vs {s64['median_s']:.3f} s)")
+    else:
+        add(">= 2.5x faster than seed at batch 64", None, "needs xpmlp-numpy and seed at batch 64")
+    ok, detail = ratio_rows(["seed"], lambda r: r > 1.0)
+    add("faster than seed at every batch size", ok, detail)
+    ok, detail = ratio_rows(["torch-manual-cpu", "torch-module-cpu"], lambda r: r > 1.0)
+    add("faster than PyTorch CPU eager (the faster of manual / nn.Module) at every batch size", ok, detail)
+    if x64 and x64.get("pct_of_peak") is not None:
+        add(">= 50% of measured GEMM peak at batch 64", x64["pct_of_peak"] >= 50,
+            f"{x64['pct_of_peak']:.1f}% ({x64['gflops']:.1f} of {x64['gemm_peak_gflops']:.1f} GFLOP/s)")
+    else:
+        add(">= 50% of measured GEMM peak at batch 64", None, "needs xpmlp-numpy at batch 64")
+    ok, detail = ratio_rows(["numpy_fast"], lambda r: r >= 1 / 1.10)
+    add("within 10% of numpy_fast at every batch size (ratio = numpy_fast time / xpmlp time >= 0.909)", ok, detail)
+    return out
+
+
+def _fmt(v, spec, none="–"):
+    return none if v is None else format(v, spec)
+
+
+def markdown(result: dict) -> str:
+    cfg, m = result["config"], result["machine"]
+    lines = [f"# xpmlp benchmark: {result['tag']}", ""]
+    lines.append(f"Command: `{cfg['command']}`  ")
+    lines.append(f"Started {result['started']}, took {result['wall_seconds']:.0f} s. "
+                 f"{cfg['warmup']} warm-up + {cfg['repeats']} timed epochs per row and batch size, "
+                 f"interleaved (round-robin over rows and batch sizes, row order rotated every round); "
+                 f"H={cfg['hidden']}, lr={cfg['lr']}, init={cfg['init']}, seed={cfg['seed']}.")
+    lines.append("")
+    lines.append(f"Machine: {m.get('cpu_model')} ({m.get('cpus')} CPUs, affinity {m.get('affinity')}), "
+                 f"{m.get('platform')}, Python {m.get('python')}; GPU: {m.get('gpu') or 'none'}.  ")
+    lines.append(f"Environment: {', '.join(f'{k}={v}' for k, v in m.get('env', {}).items()) or '(no BLAS/OMP variables)'}.  ")
+    for key, val in sorted(m.get("blas", {}).items()):
+        lines.append(f"Thread pools in `{key}`: {val}  ")
+    lines.append("")
+    peaks = ", ".join(f"{k}: {v:.0f} GFLOP/s" for k, v in sorted(result["gemm_peaks"].items()))
+    own = ", ".join(f"{k}: {v:.0f}" for k, v in result["gemm_by_row"].items() if v)
+    lines.append(f"GEMM ({cfg['gemm_n']}^3 matmul, median of 7) per row's own library, device and dtype, GFLOP/s: "
+                 f"{own}. Best per device+dtype: {peaks}. '% GEMM peak' is against the row's own library "
+                 "(what its BLAS can do on this machine), so the seed is measured against float64.")
+    lines.append("")
+    n_used = {r["n_samples"] for r in result["records"]}
+    scaled = any(n != FULL_EPOCH for n in n_used)
+    lines.append("| impl | device | dtype | batch | s/epoch" + (" (60k-scaled)" if scaled else "") +
+                 " | min–max s | samples/s | × seed | GFLOP/s | % GEMM peak | peak RSS MiB (Δ) | device peak MiB | train acc |")
+    lines.append("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in sorted(result["records"], key=lambda r: (r["batch_size"], r["median_s"])):
+        lines.append(
+            f"| {r['impl']} | {r['device']} | {r['dtype']} | {r['batch_size']} | {r['s_per_epoch']:.3f} | "
+            f"{r['min_s']:.3f}–{r['max_s']:.3f} | {r['samples_per_s']:,.0f} | {_fmt(r['speedup_vs_seed'], '.2f')} | "
+            f"{r['gflops']:.1f} | {_fmt(r['pct_of_peak'], '.1f')} | {_fmt(r['peak_rss_mib'], '.0f')} "
+            f"({_fmt(r['rss_delta_mib'], '+.0f')}) | {_fmt(r['device_peak_mib'], '.0f')} | {r['final_accuracy']:.4f} |")
+    lines.append("")
+    if scaled:
+        lines.append(f"Epochs ran on the first {', '.join(map(str, sorted(n_used)))} training samples; s/epoch is "
+                     "scaled to 60,000 samples, min–max are the raw timings.  ")
+    lines.append("× seed: the seed's median time at the same batch size / this row's. GFLOP/s counts only the "
+                 "matrix products (bench/flops.py). Peak RSS is the row's own process high-water mark during "
+                 "training (Δ: above its RSS once data were loaded); device peak is the GPU pool's. Train acc is "
+                 "the running accuracy of the last epoch (as the seed prints it), after "
+                 f"{cfg['warmup'] + cfg['repeats']} epochs.")
+    if result.get("skipped"):
+        lines += ["", "Skipped rows:"] + [f"- `{k}`: {v}" for k, v in result["skipped"].items()]
+    lines += ["", "## Targets (xpmlp-numpy, CPU)", "", "| target | status | detail |", "|---|---|---|"]
+    for t in result["targets"]:
+        lines.append(f"| {t['target']} | {t['status']} | {t['detail']} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict, path) -> bool:
+    """Epoch time against batch size, one line per row; False when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(figsize=(8, 5))
+    names = sorted({r["impl"] for r in result["records"]})
+    for name in names:
+        recs = sorted((r for r in result["records"] if r["impl"] == name), key=lambda r: r["batch_size"])
+        xs = [r["batch_size"] for r in recs]
+        ys = [r["s_per_epoch"] for r in recs]
+        style = "o-" if len(xs) > 1 else "o"
+        ax.plot(xs, ys, style, label=f"{name} ({recs[0]['device']}, {recs[0]['dtype']})",
+                linewidth=2.5 if name == XPMLP else 1.2)
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("seconds per 60k-sample epoch (median)")
+    ax.set_yscale("log")
+    ax.set_title(f"xpmlp benchmark: {result['tag']}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def any_record(records: list[dict], **match: Any) -> dict | None:
+    for r in records:
+        if all(r.get(k) == v for k, v in match.items()):
+            return r
+    return None

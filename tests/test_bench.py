@@ -1,0 +1,77 @@
+"""The benchmark rows train the same model: every peer available here ends one epoch with the same
+parameters as xpmlp's numpy run from the same start and the same order; and the FLOP count is right."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bench.flops import flops_per_epoch, flops_per_sample
+from bench.impls import Unavailable, make
+from xpmlp.data import load_mnist
+from xpmlp.model import init_params
+
+N, BATCH, LR = 400, 32, 0.01  # 12 full batches and a partial one of 16: the ragged tail is covered too
+PEERS = ["seed", "numpy_fast", "torch-manual-cpu", "torch-module-cpu", "xpmlp-array_api_strict",
+         "xpmlp-torch-cpu", "jax-jit"]
+
+# Tolerance. Rows differ only in summation order inside the matrix products (BLAS blocking, MKL vs
+# OpenBLAS, where lr is applied) and in softmax/log details. Each product sums at most 784 terms, so
+# one step's update can differ by ~784 eps relative to the size of its terms; 13 steps with lr=0.01
+# and He init (activations O(1), no amplification) keep it there. 1e4 * eps (2.2e-12) on parameters
+# of size O(0.1) leaves an order of magnitude of margin over the ~1e-15..1e-13 seen in practice,
+# while a wrong formula (a missing lr, a mean instead of a sum, a wrong mask) moves them by >= 1e-4.
+TOL = 1e4 * np.finfo(np.float64).eps
+
+
+@pytest.fixture(scope="module")
+def setup():
+    data = load_mnist()
+    x, y = data.x_train[:N], data.y_train[:N]
+    # init="he" keeps every probability far above the 1e-15 clip, where the nn.Module's unclipped
+    # log_softmax loss and the seed's clipped one have the same value (their gradients agree anyway).
+    params = tuple(init_params(np.random.default_rng(3), init="he", dtype="float64"))
+    order = np.random.default_rng(4).permutation(N)
+    ref = make("xpmlp-numpy", x, y, "float64")
+    state, loss, hits = ref.epoch(ref.init(params), order, BATCH, LR)
+    return x, y, params, order, ref.host_params(state), loss, hits
+
+
+@pytest.mark.parametrize("name", PEERS)
+def test_peer_trains_the_same_model(setup, name):
+    x, y, params, order, expected, loss, hits = setup
+    x64 = _jax_x64()
+    try:
+        impl = make(name, x, y, "float64")  # jax-jit turns on jax_enable_x64 for float64 ...
+        state, peer_loss, peer_hits = impl.epoch(impl.init(params), order, BATCH, LR)
+        got = impl.host_params(state)
+    except Unavailable as exc:
+        pytest.skip(f"{name}: {exc}")
+    finally:
+        if x64 is not None:  # ... which is global: put it back for the other tests
+            import jax
+
+            jax.config.update("jax_enable_x64", x64)
+    for which, g, e in zip(("W1", "b1", "W2", "b2"), got, expected):
+        assert g.shape == e.shape, which
+        np.testing.assert_allclose(g, e, rtol=0, atol=TOL * max(1.0, np.abs(e).max()), err_msg=f"{name} {which}")
+    assert peer_hits == hits
+    assert peer_loss == pytest.approx(loss, rel=1e-9)
+    assert not np.allclose(got[0], params[0])  # it did train
+
+
+def _jax_x64():
+    try:
+        import jax
+    except ImportError:
+        return None
+    return bool(jax.config.jax_enable_x64)
+
+
+def test_flop_count_by_hand():
+    # 3 inputs, 2 hidden, 1 output, per sample:
+    # forward x@W1 2*3*2=12, h@W2 2*2*1=4; backward dW2 4, dh 4, dW1 12 -> 36
+    assert flops_per_sample(3, 2, 1) == 36
+    assert flops_per_epoch(5, 3, 2, 1) == 180
+    assert flops_per_sample() == 958_800
+    assert flops_per_epoch() == 57_528_000_000
