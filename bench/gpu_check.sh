@@ -24,7 +24,7 @@ log() { echo "[gpu_check $(date +%H:%M:%S)] $*" | tee -a "$OUT/gpu_check.log"; }
 
 # 1. dependencies from the wheel folder
 if compgen -G "bench/wheels/*.whl" > /dev/null; then
-  timeout 120 "$PY" -m pip install -q --no-index --no-deps --no-compile --target /tmp/site bench/wheels/*.whl \
+  timeout 120 "$PY" -m pip install -q --upgrade --no-index --no-deps --no-compile --target /tmp/site bench/wheels/*.whl \
     >> "$OUT/gpu_check.log" 2>&1 || log "warning: installing bench/wheels/*.whl failed (see above)"
   export PYTHONPATH=/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}
 else

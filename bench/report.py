@@ -59,7 +59,7 @@ def _mib(b):
 
 
 def targets(records: list[dict]) -> list[dict]:
-    """The issue's CPU targets for xpmlp's numpy backend, each met / not met / n/a with numbers."""
+    """The issue's targets (CPU: xpmlp numpy; GPU: xpmlp cupy), each met / NOT met / n/a with numbers."""
     by = {(r["impl"], r["batch_size"]): r for r in records}
     sizes = sorted({r["batch_size"] for r in records if r["impl"] == XPMLP})
     out = []
@@ -96,6 +96,16 @@ def targets(records: list[dict]) -> list[dict]:
         add(">= 50% of measured GEMM peak at batch 64", None, "needs xpmlp-numpy at batch 64")
     ok, detail = ratio_rows(["numpy_fast"], lambda r: r >= 1 / 1.10)
     add("within 10% of numpy_fast at every batch size (ratio = numpy_fast time / xpmlp time >= 0.909)", ok, detail)
+    cupy64 = by.get(("xpmlp-cupy", 64))
+    eager = [by[(n, 64)] for n in ("torch-manual-cuda", "torch-module-cuda") if (n, 64) in by]
+    if cupy64 and eager:
+        fastest = min(eager, key=lambda r: r["median_s"])
+        ratio = fastest["median_s"] / cupy64["median_s"]
+        add("GPU: xpmlp on cupy no slower than PyTorch eager CUDA at batch 64", ratio >= 1.0,
+            f"{ratio:.2f}x vs {fastest['impl']} ({cupy64['median_s']:.3f} s vs {fastest['median_s']:.3f} s)")
+    else:
+        add("GPU: xpmlp on cupy no slower than PyTorch eager CUDA at batch 64", None,
+            "needs xpmlp-cupy and a torch CUDA row at batch 64 (no GPU in this run)")
     return out
 
 
@@ -146,7 +156,7 @@ def markdown(result: dict) -> str:
                  f"{cfg['warmup'] + cfg['repeats']} epochs.")
     if result.get("skipped"):
         lines += ["", "Skipped rows:"] + [f"- `{k}`: {v}" for k, v in result["skipped"].items()]
-    lines += ["", "## Targets (xpmlp-numpy, CPU)", "", "| target | status | detail |", "|---|---|---|"]
+    lines += ["", "## Targets (CPU: xpmlp-numpy; GPU: xpmlp-cupy)", "", "| target | status | detail |", "|---|---|---|"]
     for t in result["targets"]:
         lines.append(f"| {t['target']} | {t['status']} | {t['detail']} |")
     return "\n".join(lines) + "\n"

@@ -56,3 +56,57 @@ def test_training_moved_the_parameters(reference):
     start = init_params(np.random.Generator(np.random.PCG64(7)), 784, 64, 10, init="he", dtype="float64")
     moved = np.abs(reference["float64"][0][0] - start.W1).max()
     assert moved > 1e-2
+
+
+class _NoHostReads(np.ndarray):
+    """A NumPy array that fails on every conversion to a Python value: the calls that force a GPU
+    backend to synchronise (float(), int(), bool(), .item(), .tolist())."""
+
+    def _refuse(self, *args, **kwargs):
+        raise AssertionError("a value was read back to the host inside the epoch")
+
+    __float__ = __int__ = __bool__ = __index__ = item = tolist = _refuse
+
+
+def test_an_epoch_never_reads_the_device(backend, mnist):
+    """No host synchronisation inside an epoch. On NumPy, every array is a _NoHostReads view; on
+    CUDA torch, PyTorch's sync debug mode raises on any synchronising call."""
+    from contextlib import nullcontext
+
+    from xpmlp.backend import index_dtype
+    from xpmlp.training import run_epoch
+
+    data = to_device_data(mnist, backend, "float32", 640)
+    params = init_params(0, 784, 16, 10, xp=backend.xp, device=backend.device)
+    order = backend.xp.asarray(np.random.default_rng(0).permutation(640), dtype=index_dtype(backend.xp),
+                               device=backend.device)
+    x, y, guard = data.x_train, data.y_train, nullcontext()
+    if backend.name == "numpy":
+        x, y, order = (a.view(_NoHostReads) for a in (x, y, order))
+        params = type(params)(*(p.view(_NoHostReads) for p in params))
+    elif backend.name == "torch" and str(backend.device).startswith("cuda"):
+        guard = _torch_sync_errors(backend.module)
+    else:
+        pytest.skip("checked on NumPy (no-read arrays) and CUDA torch (sync debug mode)")
+    with guard:
+        params, loss_sum, hits = run_epoch(params, x, y, order, 64, 0.01)
+    assert np.isfinite(np.asarray(loss_sum, dtype=np.float64)) and 0 <= np.asarray(hits, dtype=np.int64) <= 640
+
+
+def test_the_no_read_guard_can_fail():
+    with pytest.raises(AssertionError, match="read back"):
+        float(np.ones(3).view(_NoHostReads).sum())
+
+
+def _torch_sync_errors(torch):
+    from contextlib import contextmanager
+
+    @contextmanager
+    def guard():
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            yield
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+    return guard()
