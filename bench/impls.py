@@ -239,7 +239,7 @@ class Xpmlp(Impl):
     the permutation copied to the device, one pass, the loss and hit count read back once."""
 
     def __init__(self, x, y, dtype="float32", backend="numpy", device=None):
-        from xpmlp.backend import get_backend
+        from xpmlp.backend import get_backend, index_dtype
         from xpmlp.errors import BackendError
 
         try:
@@ -253,7 +253,7 @@ class Xpmlp(Impl):
         self.name = f"xpmlp-{b.name}" + (f"-{self.device}" if b.name in ("torch", "jax") else "")
         xp = b.xp
         self.X = b.asarray(scale(x, dtype), getattr(xp, dtype))
-        self.y = b.asarray(np.asarray(y, dtype=np.int64), xp.int64)
+        self.y = b.asarray(np.asarray(y, dtype=np.int64), index_dtype(xp))
         b.synchronize()
 
     def init(self, params):
@@ -262,11 +262,11 @@ class Xpmlp(Impl):
         return params_to(Params(*params), self.backend.xp, self.dtype, self.backend.device)
 
     def epoch(self, state, order, batch_size, lr):
-        from xpmlp.backend import to_numpy
+        from xpmlp.backend import index_dtype, to_numpy
         from xpmlp.training import run_epoch
 
         xp = self.backend.xp
-        order_d = xp.asarray(order, dtype=xp.int64, device=self.backend.device)
+        order_d = xp.asarray(order, dtype=index_dtype(xp), device=self.backend.device)
         state, loss_sum, hits = run_epoch(state, self.X, self.y, order_d, batch_size, lr)
         host = to_numpy(xp.stack([loss_sum, xp.astype(hits, loss_sum.dtype)]))
         self.backend.synchronize()
