@@ -281,3 +281,32 @@ def test_unwritable_outputs_fail_before_training(tmp_path, capsys):
         pytest.skip("running as root: permission bits are not enforced")
     assert train_main(["--json", str(locked / "r.json")]) == 2
     assert time.monotonic() - started < 60  # it did not train ten epochs first
+
+
+def _lying_npz(path, names):
+    """An .npz whose members' headers claim 8 TB each but hold 8 bytes of data."""
+    import io
+    import zipfile
+
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f8", "fortran_order": False, "shape": (10**6, 10**6)})
+    with zipfile.ZipFile(path, "w") as archive:
+        for name in names:
+            archive.writestr(f"{name}.npy", header.getvalue() + b"\0" * 8)
+    return path
+
+
+def test_a_lying_npz_header_is_refused_without_allocating(tmp_path):
+    import tracemalloc
+
+    from xpmlp.data import load_npz
+    from xpmlp.errors import DataError
+
+    tracemalloc.start()
+    with pytest.raises(ModelFileError, match="claims shape"):
+        load_model(_lying_npz(tmp_path / "m.npz", ["W1", "b1", "W2", "b2"]))
+    with pytest.raises(DataError, match="claims shape"):
+        load_npz(_lying_npz(tmp_path / "d.npz", ["x_train", "y_train", "x_test", "y_test"]))
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 50 * 2**20

@@ -18,6 +18,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ._npz import claimed_size_problem
 from .errors import ConfigError, DataError
 
 DATASETS = ("mnist", "fashion-mnist")
@@ -307,6 +308,9 @@ def load_npz(path) -> Dataset:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
+    problem = claimed_size_problem(path)
+    if problem:
+        raise DataError(f"{path}: corrupt .npz: {problem}")
     try:
         loaded = np.load(path, allow_pickle=False)
         if not isinstance(loaded, np.lib.npyio.NpzFile):

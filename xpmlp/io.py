@@ -11,6 +11,7 @@ from typing import Any, Callable, IO
 
 import numpy as np
 
+from ._npz import claimed_size_problem
 from .backend import to_numpy
 from .errors import ModelFileError
 from .model import DTYPES, Params, params_to
@@ -79,6 +80,9 @@ def read_npz(path: str | os.PathLike, required: tuple[str, ...]) -> tuple[dict[s
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"{path}: no such file")
+    problem = claimed_size_problem(path)
+    if problem:
+        raise ModelFileError(f"{path}: corrupt .npz: {problem}")
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {name: archive[name] for name in archive.files}
