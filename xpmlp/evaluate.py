@@ -12,18 +12,14 @@ from .data import DATASETS, load_dataset
 from .errors import XpmlpError
 from .io import load_model
 from .model import cross_entropy, forward
+from .train import OneLineErrorParser
 from .training import EVAL_CHUNK, scale_pixels
 
 PROG = "xpmlp-evaluate"
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description="Report the loss (the seed's clipped cross-entropy, mean over "
+    parser = OneLineErrorParser(prog=PROG, description="Report the loss (the seed's clipped cross-entropy, mean over "
                      "samples) and accuracy of a saved xpmlp model on a data set's test (or train) split.",
                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("model", help="a model .npz written by xpmlp-train --save")

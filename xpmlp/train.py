@@ -26,7 +26,7 @@ RULE = "=" * 40
 EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
 
 
-class _Parser(argparse.ArgumentParser):
+class OneLineErrorParser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, status 2, no usage dump
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
 
@@ -81,7 +81,7 @@ def parse_batch_sizes(text: str) -> list[int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = OneLineErrorParser(
         prog=PROG,
         description="Train the seed notebook's 784-300-10 MLP on MNIST with any Array-API backend. "
         "Each epoch prints the seed's line (Epoch e/E, Loss, Accuracy) then the test accuracy and time.",
@@ -137,6 +137,7 @@ class Plan:
     backend: Backend
     dataset: Any
     args: argparse.Namespace
+    current_epoch: int = 0  # for the Ctrl-C message
 
 
 def _check_writable_file(path_text: str, flag: str) -> None:
@@ -199,8 +200,12 @@ def _save_path(save: str, batch_size: int, sweep: bool) -> Path:
 
 
 def _run_identity(config: TrainConfig, dataset: Any) -> dict[str, Any]:
-    return {**config.to_dict(), "dataset": dataset.name, "n_train": int(min(config.limit or 10**12, dataset.x_train.shape[0])),
+    return {**config.to_dict(), "dataset": dataset.name, "n_train": _n_train(config, dataset),
             "n_test": int(dataset.x_test.shape[0])}
+
+
+def _n_train(config: TrainConfig, dataset: Any) -> int:
+    return int(config.limit or dataset.x_train.shape[0])
 
 
 def train_one(plan: Plan, config: TrainConfig, data: Any, say: Any, progress: bool) -> dict[str, Any]:
@@ -229,10 +234,10 @@ def train_one(plan: Plan, config: TrainConfig, data: Any, say: Any, progress: bo
                 err=True)
 
     bar = _progress_bar(progress, -(-data.x_train.shape[0] // config.batch_size))
-    plan.current_epoch = start_epoch  # type: ignore[attr-defined]
+    plan.current_epoch = start_epoch
 
     def on_epoch_start(epoch: int) -> None:
-        plan.current_epoch = epoch  # type: ignore[attr-defined]
+        plan.current_epoch = epoch
         if bar is not None:
             bar.reset()
             bar.set_description(f"epoch {epoch}/{config.epochs}")
@@ -270,7 +275,7 @@ def _progress_bar(enabled: bool, total: int) -> Any:
 def run(plan: Plan, say: Any, progress: bool) -> list[dict[str, Any]]:
     backend, dataset, configs = plan.backend, plan.dataset, plan.configs
     say(f"xpmlp: {backend.describe()}, {configs[0].dtype}, {dataset.name}: "
-        f"{min(configs[0].limit or 10**12, dataset.x_train.shape[0])} training / {dataset.x_test.shape[0]} test samples",
+        f"{_n_train(configs[0], dataset)} training / {dataset.x_test.shape[0]} test samples",
         err=True)
     data = to_device_data(dataset, backend, configs[0].dtype, configs[0].limit)
     records = []
@@ -327,7 +332,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _explain_interrupt(plan: Plan, argv: Sequence[str] | None) -> None:
-    epoch = getattr(plan, "current_epoch", 0)
+    epoch = plan.current_epoch
     words = list(sys.argv[1:] if argv is None else argv)
     if plan.args.checkpoint_dir:
         command = shlex.join(["python", "-m", "xpmlp.train", *[w for w in words if w != "--resume"], "--resume"])
