@@ -28,8 +28,9 @@ class BackendSpec:
     name: str
     module: str
     install_hint: str
-    default_device: Callable[[Any], Any]
     check_usable: Callable[[Any, Any], None]  # (module, device) -> None, raises BackendError
+    resolve_device: Callable[[Any, Any], Any]  # (module, device or None) -> the library's device object
+    probe: Callable[[Any, Any], Any]  # (module, device) -> a tiny array, to learn the namespace
 
 
 def _cpu_only(name: str) -> Callable[[Any, Any], None]:
@@ -95,28 +96,35 @@ def _check_jax(jax: Any, device: Any) -> None:
 
 
 def _jax_device(jax: Any, device: Any) -> Any:
-    if device is None or not isinstance(device, str):
+    if device is None:
+        return jax.devices()[0]
+    if not isinstance(device, str):
         return device
     kind, _, index = device.partition(":")
     kind = "gpu" if kind == "cuda" else kind
     return jax.devices(kind)[int(index or 0)]
 
 
-def _strict_device(strict: Any, device: Any) -> Any:
-    return strict.Device("CPU_DEVICE") if device in (None, "cpu") else device
+def _cupy_probe(cupy: Any, device: Any) -> Any:
+    with device:
+        return cupy.zeros(1)
 
 
 BACKENDS: dict[str, BackendSpec] = {
     spec.name: spec
     for spec in (
-        BackendSpec("numpy", "numpy", "pip install numpy", lambda m: "cpu", _cpu_only("numpy")),
-        BackendSpec("cupy", "cupy", "pip install 'xpmlp[cuda12]' (or [cuda13])", lambda m: None, _check_cupy),
-        BackendSpec("torch", "torch", "pip install 'xpmlp[torch]'", lambda m: "cpu", _check_torch),
-        BackendSpec(
-            "array_api_strict", "array_api_strict", "pip install array-api-strict",
-            lambda m: m.Device("CPU_DEVICE"), _cpu_only("array_api_strict"),
-        ),
-        BackendSpec("jax", "jax", "pip install 'xpmlp[jax]'", lambda m: None, _check_jax),
+        BackendSpec("numpy", "numpy", "pip install numpy", _cpu_only("numpy"),
+                    lambda np_, device: "cpu", lambda np_, device: np_.zeros(1)),
+        BackendSpec("cupy", "cupy", "pip install 'xpmlp[cuda12]' (or [cuda13])", _check_cupy,
+                    lambda cupy, device: cupy.cuda.Device(_cupy_device_index(device)), _cupy_probe),
+        BackendSpec("torch", "torch", "pip install 'xpmlp[torch]'", _check_torch,
+                    lambda torch, device: torch.device(device or "cpu"),
+                    lambda torch, device: torch.zeros(1, device=device)),
+        BackendSpec("array_api_strict", "array_api_strict", "pip install array-api-strict",
+                    _cpu_only("array_api_strict"),
+                    lambda strict, device: strict.Device("CPU_DEVICE"), lambda strict, device: strict.zeros(1)),
+        BackendSpec("jax", "jax", "pip install 'xpmlp[jax]'", _check_jax, _jax_device,
+                    lambda jax, device: jax.device_put(jax.numpy.zeros(1), device)),
     )
 }
 CHOICES = (*BACKENDS, "auto")
@@ -192,19 +200,8 @@ def get_backend(name: str | None = None, device: Any = None) -> Backend:
     spec = BACKENDS[chosen]
     module = _import(spec)
     spec.check_usable(module, device)
-    if chosen == "cupy":
-        resolved = module.cuda.Device(_cupy_device_index(device))
-    elif chosen == "torch":
-        resolved = module.device(device or spec.default_device(module))
-    elif chosen == "jax":
-        resolved = _jax_device(module, device)
-        if resolved is None:
-            resolved = module.devices()[0]
-    elif chosen == "array_api_strict":
-        resolved = _strict_device(module, device)
-    else:
-        resolved = spec.default_device(module)
-    xp = array_api_compat.array_namespace(_probe_array(chosen, module, resolved))
+    resolved = spec.resolve_device(module, device)
+    xp = array_api_compat.array_namespace(spec.probe(module, resolved))
     return Backend(chosen, xp, resolved, module)
 
 
@@ -216,17 +213,6 @@ def auto_backend(device: Any = None) -> tuple[Backend, str]:
     except BackendError as exc:
         reason = str(exc).split(";")[0]
         return get_backend("numpy"), f"--backend auto chose numpy: {reason}"
-
-
-def _probe_array(name: str, module: Any, device: Any) -> Any:
-    if name == "numpy":
-        return module.zeros(1)
-    if name == "cupy":
-        with device:
-            return module.zeros(1)
-    if name == "jax":
-        return module.device_put(module.numpy.zeros(1), device)
-    return module.zeros(1, device=device) if name != "array_api_strict" else module.zeros(1)
 
 
 def backend_of(*arrays: Any) -> Backend:
@@ -283,20 +269,3 @@ def to_numpy(array: Any) -> np.ndarray:
         return np.from_dlpack(array)
     except (TypeError, BufferError, RuntimeError, AttributeError):
         return np.asarray(array)
-
-
-def to_float(scalar: Any) -> float:
-    """A 0-d device array as a Python float (one device->host read)."""
-    return float(to_numpy(scalar))
-
-
-def usable_backends() -> list[str]:
-    """Names of the backends that import and run on this machine."""
-    names = []
-    for name in BACKENDS:
-        try:
-            get_backend(name)
-        except (BackendError, ConfigError):
-            continue
-        names.append(name)
-    return names

@@ -11,14 +11,13 @@ import gzip
 import hashlib
 import math
 import os
-import zipfile
 import zlib
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
-from ._npz import claimed_size_problem
+from ._npz import load_npz_arrays
 from .errors import ConfigError, DataError
 
 DATASETS = ("mnist", "fashion-mnist")
@@ -40,9 +39,6 @@ _CHUNK_BYTES = 1 << 22
 _IDX_UNSIGNED_BYTE = 0x08
 _GZIP_MAGIC = b"\x1f\x8b"
 _GZIP_ERRORS = (EOFError, zlib.error, gzip.BadGzipFile, OSError)
-# What np.load / NpzFile raise on a damaged archive or member (found by fuzzing).
-_NPZ_ERRORS = (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error,
-               NotImplementedError)
 
 
 class Dataset(NamedTuple):
@@ -306,28 +302,15 @@ def load_mnist(data_dir=None, *, verify: bool = True) -> Dataset:
 def load_npz(path) -> Dataset:
     """Load a Keras-style mnist.npz holding x_train, y_train, x_test, y_test."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
-    problem = claimed_size_problem(path)
-    if problem:
-        raise DataError(f"{path}: corrupt .npz: {problem}")
-    try:
-        loaded = np.load(path, allow_pickle=False)
-        if not isinstance(loaded, np.lib.npyio.NpzFile):
-            raise DataError(f"{path}: is a single-array .npy file, expected an .npz archive")
-        with loaded as npz:
-            present = sorted(npz.files)
-            missing = [key for key in NPZ_KEYS if key not in present]
-            if missing:
-                raise DataError(
-                    f"{path}: missing array(s) {missing}; present: {present} "
-                    f"(expected {list(NPZ_KEYS)})"
-                )
-            arrays = {key: npz[key] for key in NPZ_KEYS}
-    except DataError:
-        raise
-    except _NPZ_ERRORS as exc:
-        raise DataError(f"{path}: not a readable .npz archive ({type(exc).__name__}: {exc})") from None
+    arrays = load_npz_arrays(path, DataError)
+    present = sorted(arrays)
+    missing = [key for key in NPZ_KEYS if key not in present]
+    if missing:
+        raise DataError(
+            f"{path}: missing array(s) {missing}; present: {present} "
+            f"(expected {list(NPZ_KEYS)})"
+        )
+    arrays = {key: arrays[key] for key in NPZ_KEYS}
     sources = {key: f"{path}[{key}]" for key in NPZ_KEYS}
     return _build_dataset(arrays, sources, name=str(path), source=str(path))
 

@@ -7,13 +7,13 @@ import json
 import sys
 from typing import Any, Sequence
 
-from .backend import CHOICES, auto_backend, get_backend, index_dtype, resolve_name, to_numpy
+from .backend import CHOICES, get_backend, index_dtype, to_numpy
 from .data import DATASETS, load_dataset
 from .errors import XpmlpError
 from .io import load_model
 from .model import cross_entropy, forward
 from .train import OneLineErrorParser
-from .training import EVAL_CHUNK, scale_pixels
+from .training import scale_pixels, sum_over_chunks
 
 PROG = "xpmlp-evaluate"
 
@@ -34,27 +34,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def evaluate(params: Any, x: Any, labels: Any) -> tuple[float, float]:
-    """Mean clipped cross-entropy and accuracy over a whole set, in chunks; one host read."""
+    """Mean clipped cross-entropy and accuracy over a whole set; one host read."""
     from array_api_compat import array_namespace
 
     xp = array_namespace(x, labels)
-    loss_sum, hits = None, None
-    for start in range(0, x.shape[0], EVAL_CHUNK):
-        xb, yb = x[start:start + EVAL_CHUNK, ...], labels[start:start + EVAL_CHUNK]
+
+    def loss_and_hits(xb: Any, yb: Any) -> Any:
         probs = forward(params, xb)
-        chunk_loss = cross_entropy(probs, yb) * xb.shape[0]
-        chunk_hits = xp.astype(xp.count_nonzero(xp.argmax(probs, axis=1) == yb), probs.dtype)
-        loss_sum = chunk_loss if loss_sum is None else loss_sum + chunk_loss
-        hits = chunk_hits if hits is None else hits + chunk_hits
-    total_loss, total_hits = (float(v) for v in to_numpy(xp.stack([loss_sum, hits])))
+        hits = xp.count_nonzero(xp.argmax(probs, axis=1) == yb)
+        return xp.stack([cross_entropy(probs, yb) * xb.shape[0], xp.astype(hits, probs.dtype)])
+
+    total_loss, total_hits = (float(v) for v in to_numpy(sum_over_chunks(loss_and_hits, x, labels)))
     return total_loss / x.shape[0], total_hits / x.shape[0]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        name = resolve_name(args.backend)
-        backend = auto_backend(args.device)[0] if name == "auto" else get_backend(name, args.device)
+        backend = get_backend(args.backend, args.device)
         params, meta = load_model(args.model, xp=backend.xp, device=backend.device)
         dataset = load_dataset(args.dataset, args.data_dir)
         images = dataset.x_test if args.split == "test" else dataset.x_train

@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import Any, Callable, IO
 
 import numpy as np
 
-from ._npz import claimed_size_problem
+from ._npz import load_npz_arrays
 from .backend import to_numpy
 from .errors import ModelFileError
 from .model import DTYPES, Params, params_to
@@ -78,16 +77,7 @@ def save_model(path: str | os.PathLike, params: Params, meta: dict[str, Any] | N
 def read_npz(path: str | os.PathLike, required: tuple[str, ...]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """All arrays of an .npz (no pickles) and its metadata; clear errors for every defect."""
     path = Path(path)
-    if not path.is_file():
-        raise ModelFileError(f"{path}: no such file")
-    problem = claimed_size_problem(path)
-    if problem:
-        raise ModelFileError(f"{path}: corrupt .npz: {problem}")
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {name: archive[name] for name in archive.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as exc:
-        raise ModelFileError(f"{path}: not a readable .npz file ({exc})") from None
+    arrays = load_npz_arrays(path, ModelFileError)
     meta = _parse_meta(path, arrays.pop(META_KEY, None))
     missing = [name for name in required if name not in arrays]
     if missing:

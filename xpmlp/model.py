@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import numpy as np
-from array_api_compat import array_namespace
+from array_api_compat import array_namespace, device
 
 PROB_CLIP = 1e-15
 INITS = ("seed", "he")
@@ -94,17 +94,21 @@ def forward(params: Params, x: Any) -> Any:
     return _forward(params, x)[1]
 
 
-def _forward(params: Params, x: Any) -> tuple[Any, Any]:
+def _logits(params: Params, x: Any) -> tuple[Any, Any]:
+    """The hidden activations and the output logits."""
     W1, b1, W2, b2 = params
     hidden = relu(x @ W1 + b1)
-    return hidden, softmax(hidden @ W2 + b2)
+    return hidden, hidden @ W2 + b2
+
+
+def _forward(params: Params, x: Any) -> tuple[Any, Any]:
+    hidden, logits = _logits(params, x)
+    return hidden, softmax(logits)
 
 
 def predict(params: Params, x: Any) -> Any:
-    """Predicted class indices for ``x``."""
-    xp = array_namespace(x)
-    W1, b1, W2, b2 = params
-    return xp.argmax(relu(x @ W1 + b1) @ W2 + b2, axis=1)
+    """Predicted class indices for ``x`` (argmax of the logits: softmax keeps the order)."""
+    return array_namespace(x).argmax(_logits(params, x)[1], axis=1)
 
 
 def loss_and_grads(params: Params, x: Any, labels: Any, scale: float = 1.0) -> tuple[StepStats, Params]:
@@ -119,7 +123,7 @@ def loss_and_grads(params: Params, x: Any, labels: Any, scale: float = 1.0) -> t
     hidden, probs = _forward(params, x)
     stats = StepStats(cross_entropy(probs, labels), xp.count_nonzero(xp.argmax(probs, axis=1) == labels))
 
-    classes = xp.arange(probs.shape[1], device=_device(x))
+    classes = xp.arange(probs.shape[1], device=device(x))
     d_logits = xp.where(labels[:, None] == classes[None, :], probs - 1.0, probs)  # p - onehot
     if scale != 1.0:
         d_logits = scale * d_logits
@@ -143,8 +147,3 @@ def train_step(params: Params, x: Any, labels: Any, lr: float) -> tuple[Params, 
     stats, steps = loss_and_grads(params, x, labels, scale=lr)
     return Params(*(p - step for p, step in zip(params, steps))), stats
 
-
-def _device(x: Any) -> Any:
-    from array_api_compat import device
-
-    return device(x)

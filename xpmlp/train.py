@@ -212,26 +212,18 @@ def train_one(plan: Plan, config: TrainConfig, data: Any, say: Any, progress: bo
     """One training run (one batch size): resume if asked, print, checkpoint, save; its JSON record."""
     args, backend = plan.args, plan.backend
     run = _run_identity(config, plan.dataset)
-    rng = np.random.Generator(np.random.PCG64(config.seed))
-    params = init_params(rng, data.x_train.shape[1], config.hidden, 10, init=config.init, dtype=config.dtype,
-                         xp=backend.xp, device=backend.device)
-    history: list[dict[str, Any]] = []
-    start_epoch = 0
-    if args.resume:
-        checkpoint, skipped = latest_checkpoint(Path(args.checkpoint_dir), config.batch_size)
-        for note in skipped:
-            say(f"xpmlp: skipped damaged checkpoint: {note}", err=True)
-        if checkpoint is not None:
-            check_same_run(checkpoint, run)
-            params = params_to(checkpoint.params, backend.xp, config.dtype, backend.device)
-            rng, history, start_epoch = restore_rng(checkpoint.rng_state), checkpoint.history, checkpoint.epoch
-            say(f"xpmlp: resuming from {checkpoint.path} (epoch {start_epoch} of {config.epochs})", err=True)
-            for record in history:
-                say(EpochReport(record["epoch"], config.epochs, record["loss"], record["accuracy"],
-                                record["test_accuracy"], record["seconds"], params).line())
-        else:
-            say(f"xpmlp: no checkpoint of batch size {config.batch_size} in {args.checkpoint_dir}; starting fresh",
-                err=True)
+    checkpoint = _checkpoint_to_resume(args, config, run, say) if args.resume else None
+    if checkpoint is not None:
+        params = params_to(checkpoint.params, backend.xp, config.dtype, backend.device)
+        rng, history, start_epoch = restore_rng(checkpoint.rng_state), checkpoint.history, checkpoint.epoch
+        say(f"xpmlp: resuming from {checkpoint.path} (epoch {start_epoch} of {config.epochs})", err=True)
+        for record in history:
+            say(EpochReport(record["epoch"], config.epochs, record["loss"], record["accuracy"],
+                            record["test_accuracy"], record["seconds"], params).line())
+    else:
+        rng, history, start_epoch = np.random.Generator(np.random.PCG64(config.seed)), [], 0
+        params = init_params(rng, data.x_train.shape[1], config.hidden, 10, init=config.init, dtype=config.dtype,
+                             xp=backend.xp, device=backend.device)
 
     bar = _progress_bar(progress, -(-data.x_train.shape[0] // config.batch_size))
     plan.current_epoch = start_epoch
@@ -264,6 +256,19 @@ def train_one(plan: Plan, config: TrainConfig, data: Any, say: Any, progress: bo
     return record
 
 
+def _checkpoint_to_resume(args: argparse.Namespace, config: TrainConfig, run: dict[str, Any], say: Any) -> Any:
+    """The newest valid checkpoint of this run (damaged ones reported), checked to be the same run."""
+    checkpoint, skipped = latest_checkpoint(Path(args.checkpoint_dir), config.batch_size)
+    for note in skipped:
+        say(f"xpmlp: skipped damaged checkpoint: {note}", err=True)
+    if checkpoint is None:
+        say(f"xpmlp: no checkpoint of batch size {config.batch_size} in {args.checkpoint_dir}; starting fresh",
+            err=True)
+        return None
+    check_same_run(checkpoint, run)
+    return checkpoint
+
+
 def _progress_bar(enabled: bool, total: int) -> Any:
     if not enabled:
         return None
@@ -288,10 +293,8 @@ def run(plan: Plan, say: Any, progress: bool) -> list[dict[str, Any]]:
 
 
 def _write_report(plan: Plan, records: list[dict[str, Any]]) -> None:
-    from . import __version__ as version
-
     write_json(plan.args.json, {
-        "xpmlp": version,
+        "xpmlp": __version__,
         "backend": plan.backend.name,
         "device": str(plan.backend.device),
         "dataset": plan.dataset.name,

@@ -7,6 +7,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterator, NamedTuple
 
+import array_api_compat
 import numpy as np
 from array_api_compat import array_namespace
 
@@ -142,14 +143,20 @@ def run_epoch(
     return params, loss_sum, hits
 
 
-def count_correct(params: Params, x: Any, labels: Any) -> Any:
-    """Hits of ``predict`` over a whole set, in chunks to bound memory; a 0-d device array."""
-    xp = array_namespace(x, labels)
+def sum_over_chunks(per_chunk: Callable[[Any, Any], Any], x: Any, labels: Any) -> Any:
+    """The sum of ``per_chunk(x_chunk, labels_chunk)`` over a whole set, ``EVAL_CHUNK`` rows at a
+    time to bound memory; stays on the device."""
     total = None
     for start in range(0, x.shape[0], EVAL_CHUNK):
-        hits = xp.count_nonzero(predict(params, x[start:start + EVAL_CHUNK, ...]) == labels[start:start + EVAL_CHUNK])
-        total = hits if total is None else total + hits
+        part = per_chunk(x[start:start + EVAL_CHUNK, ...], labels[start:start + EVAL_CHUNK])
+        total = part if total is None else total + part
     return total
+
+
+def count_correct(params: Params, x: Any, labels: Any) -> Any:
+    """Hits of ``predict`` over a whole set; a 0-d device array."""
+    xp = array_namespace(x, labels)
+    return sum_over_chunks(lambda xb, yb: xp.count_nonzero(predict(params, xb) == yb), x, labels)
 
 
 def train_epochs(
@@ -170,7 +177,7 @@ def train_epochs(
     clip keeps a blown-up run finite: --lr 10 gives ~30), raises DivergenceError naming the epoch.
     """
     xp = array_namespace(data.x_train)
-    device = _device_of(data.x_train)
+    device = array_api_compat.device(data.x_train)
     float_dtype = data.x_train.dtype
     n = data.x_train.shape[0]
     for epoch in range(start_epoch + 1, config.epochs + 1):
@@ -202,15 +209,11 @@ def train_epochs(
         yield EpochReport(epoch, config.epochs, loss, float(host[1]) / n, test_accuracy, seconds, params)
 
 
-def _device_of(x: Any) -> Any:
-    from array_api_compat import device
-
-    return device(x)
-
-
-def check_inputs(x: Any, labels: Any, n_features: int | None = None, n_classes: int = 10, what: str = "x") -> None:
-    """Validate a public entry point's arrays; each error names what was expected and what was given."""
-    backend_of(x, labels)
+def check_inputs(x: Any, labels: Any, n_features: int | None = None, n_classes: int = 10,
+                 what: str = "x") -> Backend:
+    """Validate a public entry point's arrays and return their backend; each error names what was
+    expected and what was given."""
+    backend = backend_of(x, labels)
     if len(x.shape) != 2:
         raise InputError(f"{what} must be 2-D (samples, features); got shape {tuple(x.shape)}")
     if n_features is not None and x.shape[1] != n_features:
@@ -231,6 +234,7 @@ def check_inputs(x: Any, labels: Any, n_features: int | None = None, n_classes: 
         raise InputError(f"labels must be in 0..{n_classes - 1}; got values from {low} to {high}")
     if not bool(to_numpy(xp.all(xp.isfinite(x)))):
         raise InputError(f"{what} contains NaN or infinity")
+    return backend
 
 
 def fit(
@@ -250,9 +254,8 @@ def fit(
     The parameters take ``x_train``'s dtype (``config.dtype`` applies to the CLI's data loading).
     """
     config = config or TrainConfig()
-    validate_config(config, x_train.shape[0] if hasattr(x_train, "shape") else None)
-    check_inputs(x_train, y_train, params[0].shape[0] if params is not None else None, what="x_train")
-    backend = backend_of(x_train, y_train)
+    backend = check_inputs(x_train, y_train, params[0].shape[0] if params is not None else None, what="x_train")
+    validate_config(config, x_train.shape[0])
     if x_test is not None:
         check_inputs(x_test, y_test, x_train.shape[1], what="x_test")
         backend_of(x_train, x_test)
