@@ -348,6 +348,19 @@ class _TorchBase(Impl):
         if self.device == "cuda":
             self.torch.cuda.synchronize()
 
+    def _epoch_start(self, order):
+        """The epoch's one gather of data and labels, and zeroed device accumulators."""
+        torch = self.torch
+        idx = torch.as_tensor(order).to(self.device)
+        zero = torch.zeros((), dtype=torch.float64, device=self.device)
+        return self.X.index_select(0, idx), self.y.index_select(0, idx), zero, zero.to(torch.int64)
+
+    def _epoch_end(self, loss_sum, hits):
+        """The epoch's one read-back (after a synchronise): loss sum and hit count as host numbers."""
+        host = self.torch.stack([loss_sum, hits.to(self.torch.float64)]).cpu()
+        self._sync()
+        return float(host[0]), int(host[1])
+
     def gemm_rate(self, n=2048, repeats=5):
         a = self.torch.ones((n, n), dtype=self.tdtype, device=self.device)
         return _median_rate(lambda: a @ a, self._sync, n, repeats)
@@ -372,10 +385,7 @@ class TorchManual(_TorchBase):
     def epoch(self, state, order, batch_size, lr):
         torch = self.torch
         W1, b1, W2, b2 = state
-        idx = torch.as_tensor(order).to(self.device)
-        X, Y = self.X.index_select(0, idx), self.y.index_select(0, idx)
-        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        hits = torch.zeros((), dtype=torch.int64, device=self.device)
+        X, Y, loss_sum, hits = self._epoch_start(order)
         for start in range(0, X.shape[0], batch_size):
             xb, yb = X[start:start + batch_size], Y[start:start + batch_size]
             hidden = torch.relu(torch.addmm(b1, xb, W1))
@@ -389,9 +399,7 @@ class TorchManual(_TorchBase):
             b2.sub_(d.sum(0), alpha=lr)
             W1.sub_(xb.T @ d_hidden, alpha=lr)
             b1.sub_(d_hidden.sum(0), alpha=lr)
-        host = torch.stack([loss_sum, hits.to(torch.float64)]).cpu()
-        self._sync()
-        return state, float(host[0]), int(host[1])
+        return state, *self._epoch_end(loss_sum, hits)
 
     def host_params(self, state):
         return tuple(p.detach().cpu().double().numpy() for p in state)
@@ -426,10 +434,7 @@ class TorchModule(_TorchBase):
         model, opt = state
         for group in opt.param_groups:
             group["lr"] = lr
-        idx = torch.as_tensor(order).to(self.device)
-        X, Y = self.X.index_select(0, idx), self.y.index_select(0, idx)
-        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        hits = torch.zeros((), dtype=torch.int64, device=self.device)
+        X, Y, loss_sum, hits = self._epoch_start(order)
         for start in range(0, X.shape[0], batch_size):
             xb, yb = X[start:start + batch_size], Y[start:start + batch_size]
             logits = model(xb)
@@ -440,9 +445,7 @@ class TorchModule(_TorchBase):
             with torch.no_grad():
                 loss_sum += loss.detach() / xb.shape[0]
                 hits += (logits.argmax(dim=1) == yb).sum()
-        host = torch.stack([loss_sum, hits.to(torch.float64)]).cpu()
-        self._sync()
-        return state, float(host[0]), int(host[1])
+        return state, *self._epoch_end(loss_sum, hits)
 
     def host_params(self, state):
         model, _ = state
