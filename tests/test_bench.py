@@ -26,12 +26,7 @@ TOL = 1e4 * np.finfo(np.float64).eps
 
 @pytest.fixture(scope="module")
 def setup():
-    data = load_mnist()
-    x, y = data.x_train[:N], data.y_train[:N]
-    # init="he" keeps every probability far above the 1e-15 clip, where the nn.Module's unclipped
-    # log_softmax loss and the seed's clipped one have the same value (their gradients agree anyway).
-    params = tuple(init_params(np.random.default_rng(3), init="he", dtype="float64"))
-    order = np.random.default_rng(4).permutation(N)
+    x, y, params, order = _setup_data()
     ref = make("xpmlp-numpy", x, y, "float64")
     state, loss, hits = ref.epoch(ref.init(params), order, BATCH, LR)
     return x, y, params, order, ref.host_params(state), loss, hits
@@ -75,3 +70,25 @@ def test_flop_count_by_hand():
     assert flops_per_epoch(5, 3, 2, 1) == 180
     assert flops_per_sample() == 958_800
     assert flops_per_epoch() == 57_528_000_000
+
+
+def test_floor_row_does_exactly_the_floor_work():
+    # numpy-floor bounds the others, so it must do the two big products and the W1 update on every
+    # batch, no less: with d = 1e-7 everywhere, one epoch subtracts 1e-7 * (column sums of x) from
+    # every column of W1. A skipped batch or update would miss >= 1/13 of that (~1e-6 on W1).
+    x, y, params, order = _setup_data()
+    impl = make("numpy-floor", x, y, "float64")
+    assert not impl.trains
+    (w1,) = impl.host_params(impl.epoch(impl.init(params), order, BATCH, LR)[0])
+    pixels = x.reshape(N, -1) / 255.0
+    expected = params[0] - 1e-7 * pixels.sum(axis=0)[:, None]
+    np.testing.assert_allclose(w1, expected, rtol=0, atol=TOL * np.abs(params[0]).max())
+    assert not np.allclose(w1, params[0], rtol=0, atol=1e-7)
+
+
+def _setup_data():
+    data = load_mnist()
+    # init="he" keeps every probability far above the 1e-15 clip, where the nn.Module's unclipped
+    # log_softmax loss and the seed's clipped one have the same value (their gradients agree anyway).
+    params = tuple(init_params(np.random.default_rng(3), init="he", dtype="float64"))
+    return data.x_train[:N], data.y_train[:N], params, np.random.default_rng(4).permutation(N)
