@@ -11,7 +11,7 @@ import array_api_compat
 import numpy as np
 from array_api_compat import array_namespace
 
-from .backend import Backend, backend_of, index_dtype, to_numpy
+from .backend import Backend, backend_of, compiled, index_dtype, to_numpy
 from .errors import ConfigError, DivergenceError, InputError
 from .model import DTYPES, INITS, PROB_CLIP, Params, init_params, predict, train_step
 
@@ -131,16 +131,22 @@ def run_epoch(
     """
     xp = array_namespace(x, labels)
     x_epoch, y_epoch = xp.take(x, order, axis=0), xp.take(labels, order, axis=0)
-    n = x.shape[0]
-    loss_sum, hits = None, None
-    for start in range(0, n, batch_size):
-        stop = min(start + batch_size, n)
-        params, stats = train_step(params, x_epoch[start:stop, ...], y_epoch[start:stop], lr)
-        loss_sum = stats.loss if loss_sum is None else loss_sum + stats.loss
-        hits = stats.n_correct if hits is None else hits + stats.n_correct
+    step = compiled(_step_and_tally, xp, static_argnames=("lr",))
+    dev = array_api_compat.device(x)
+    loss_sum, hits = xp.zeros((), dtype=x.dtype, device=dev), xp.zeros((), dtype=labels.dtype, device=dev)
+    for start in range(0, x.shape[0], batch_size):
+        stop = min(start + batch_size, x.shape[0])
+        params, loss_sum, hits = step(params, loss_sum, hits, x_epoch[start:stop, ...], y_epoch[start:stop], lr=lr)
         if on_batch is not None:
             on_batch()
     return params, loss_sum, hits
+
+
+def _step_and_tally(params: Params, loss_sum: Any, hits: Any, x: Any, labels: Any, lr: float):
+    """``train_step`` plus the running loss and hit sums, in one function so a compiling backend
+    (JAX) fuses the tally into the step's program."""
+    params, stats = train_step(params, x, labels, lr)
+    return params, loss_sum + stats.loss, hits + stats.n_correct
 
 
 def sum_over_chunks(per_chunk: Callable[[Any, Any], Any], x: Any, labels: Any) -> Any:
