@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from xpmlp.backend import CHOICES, backend_of, get_backend, resolve_name, to_numpy
+from xpmlp.backend import CHOICES, backend_of, compiled, get_backend, resolve_name, to_numpy
 from xpmlp.errors import BackendError, ConfigError, InputError
 
 
@@ -62,3 +62,16 @@ def test_mixed_libraries_are_refused():
     strict = get_backend("array_api_strict")
     with pytest.raises(InputError, match="different libraries"):
         backend_of(np.zeros(2), strict.asarray(np.zeros(2)))
+
+
+def test_the_step_is_compiled_only_where_a_compiler_pays(backend):
+    # JAX: one jitted program, built once (the same object every epoch, so no re-trace); the eager
+    # libraries: the plain function, unchanged.
+    from xpmlp.model import train_step
+
+    step = compiled(train_step, backend.xp, static_argnames=("lr",))
+    if backend.name == "jax":
+        assert step is not train_step and hasattr(step, "lower")
+        assert compiled(train_step, backend.xp, static_argnames=("lr",)) is step
+    else:
+        assert step is train_step
