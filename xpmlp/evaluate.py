@@ -11,7 +11,7 @@ from .backend import CHOICES, get_backend, index_dtype, to_numpy
 from .data import DATASETS, load_dataset
 from .errors import XpmlpError
 from .io import load_model
-from .model import cross_entropy, forward
+from .model import batch_stats, forward
 from .train import OneLineErrorParser
 from .training import scale_pixels, sum_over_chunks
 
@@ -40,9 +40,8 @@ def evaluate(params: Any, x: Any, labels: Any) -> tuple[float, float]:
     xp = array_namespace(x, labels)
 
     def loss_and_hits(xb: Any, yb: Any) -> Any:
-        probs = forward(params, xb)
-        hits = xp.count_nonzero(xp.argmax(probs, axis=1) == yb)
-        return xp.stack([cross_entropy(probs, yb) * xb.shape[0], xp.astype(hits, probs.dtype)])
+        stats = batch_stats(forward(params, xb), yb)
+        return xp.stack([stats.loss * xb.shape[0], xp.astype(stats.n_correct, stats.loss.dtype)])
 
     total_loss, total_hits = (float(v) for v in to_numpy(sum_over_chunks(loss_and_hits, x, labels)))
     return total_loss / x.shape[0], total_hits / x.shape[0]

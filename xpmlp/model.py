@@ -111,6 +111,12 @@ def predict(params: Params, x: Any) -> Any:
     return array_namespace(x).argmax(_logits(params, x)[1], axis=1)
 
 
+def batch_stats(probs: Any, labels: Any) -> StepStats:
+    """The batch's mean clipped cross-entropy and its argmax hit count, both 0-d device arrays."""
+    xp = array_namespace(probs, labels)
+    return StepStats(cross_entropy(probs, labels), xp.count_nonzero(xp.argmax(probs, axis=1) == labels))
+
+
 def loss_and_grads(params: Params, x: Any, labels: Any, scale: float = 1.0) -> tuple[StepStats, Params]:
     """Batch-mean loss, hit count, and ``scale`` times the gradient of the *summed* loss (the seed's).
 
@@ -121,7 +127,7 @@ def loss_and_grads(params: Params, x: Any, labels: Any, scale: float = 1.0) -> t
     xp = array_namespace(x, labels)
     W1, b1, W2, b2 = params
     hidden, probs = _forward(params, x)
-    stats = StepStats(cross_entropy(probs, labels), xp.count_nonzero(xp.argmax(probs, axis=1) == labels))
+    stats = batch_stats(probs, labels)
 
     classes = xp.arange(probs.shape[1], device=device(x))
     d_logits = xp.where(labels[:, None] == classes[None, :], probs - 1.0, probs)  # p - onehot
