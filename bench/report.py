@@ -81,11 +81,11 @@ def targets(records: list[dict]) -> list[dict]:
             parts.append(f"b{bs}: {ratio:.2f}x vs {other['impl']}")
         return (all(oks) if oks else None), "; ".join(parts) or "rows missing"
 
-    x64, s64, f64 = by.get((XPMLP, 64)), by.get(("seed", 64)), by.get((FLOOR, 64))
+    x64, s64, floor64 = by.get((XPMLP, 64)), by.get(("seed", 64)), by.get((FLOOR, 64))
     if x64 and s64:
         sp = s64["median_s"] / x64["median_s"]
-        ceiling = (f"; ceiling for any NumPy loop here: {s64['median_s'] / f64['median_s']:.2f}x "
-                   f"({FLOOR}, the two big products and the W1 update alone: {f64['median_s']:.3f} s)") if f64 else ""
+        ceiling = (f"; ceiling for any NumPy loop here: {s64['median_s'] / floor64['median_s']:.2f}x "
+                   f"({FLOOR}, the two big products and the W1 update alone: {floor64['median_s']:.3f} s)") if floor64 else ""
         add(">= 2.5x faster than seed at batch 64", sp >= 2.5,
             f"{sp:.2f}x ({x64['median_s']:.3f} s vs {s64['median_s']:.3f} s){ceiling}")
     else:
@@ -95,7 +95,7 @@ def targets(records: list[dict]) -> list[dict]:
     ok, detail = ratio_rows(["torch-manual-cpu", "torch-module-cpu"], lambda r: r > 1.0)
     add("faster than PyTorch CPU eager (the faster of manual / nn.Module) at every batch size", ok, detail)
     if x64 and x64.get("pct_of_peak") is not None:
-        floor = f"; {FLOOR} reaches {f64['pct_of_peak']:.1f}%" if f64 and f64.get("pct_of_peak") else ""
+        floor = f"; {FLOOR} reaches {floor64['pct_of_peak']:.1f}%" if floor64 and floor64.get("pct_of_peak") else ""
         add(">= 50% of measured GEMM peak at batch 64", x64["pct_of_peak"] >= 50,
             f"{x64['pct_of_peak']:.1f}% ({x64['gflops']:.1f} of {x64['gemm_peak_gflops']:.1f} GFLOP/s){floor}")
     else:
