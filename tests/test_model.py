@@ -132,3 +132,49 @@ def test_same_seed_same_start_on_every_backend(backend):
     dev = model.init_params(42, 784, 30, 10, dtype="float32", xp=backend.xp, device=backend.device)
     for a, b in zip(host, dev):
         np.testing.assert_array_equal(to_numpy(b), a)
+
+
+def test_one_hot(backend):
+    xp = backend.xp
+    got = to_numpy(model.one_hot(backend.asarray(np.array([2, 0, 3]), xp.int64), 4, xp.float32))
+    np.testing.assert_array_equal(got, np.eye(4, dtype=np.float32)[[2, 0, 3]])
+    assert got.dtype == np.float32
+
+
+def test_sgd_update_is_train_step_and_returns_the_starting_probabilities(backend):
+    """The epoch loop's step: same new parameters as train_step, and the probabilities under the
+    parameters it started from (what the epoch's loss and hits are taken from)."""
+    xp = backend.xp
+    x, y = small_batch(4, n=16)
+    params = model.init_params(2, 784, 12, 10, init="he", dtype="float64", xp=xp, device=backend.device)
+    xb, yb = backend.asarray(x, xp.float64), backend.asarray(y, xp.int64)
+    new, probs = model.sgd_update(params, xb, model.one_hot(yb, 10, xp.float64), 0.05)
+    want_new, _ = model.train_step(params, xb, yb, 0.05)
+    for got, want in zip(new, want_new):
+        np.testing.assert_array_equal(to_numpy(got), to_numpy(want))
+    np.testing.assert_allclose(to_numpy(probs), to_numpy(model.forward(params, xb)), rtol=_tol(backend), atol=0)
+
+
+def test_run_epoch_matches_the_seed_loop_with_a_short_last_batch(backend):
+    """Loss (a sum of batch means, the short batch's mean over its own 4 rows), hits and final
+    parameters over 100 samples in batches of 32, against the seed's step written out in NumPy."""
+    from xpmlp.backend import index_dtype
+    from xpmlp.training import run_epoch
+
+    xp = backend.xp
+    x, y = small_batch(6, n=100)
+    order = np.random.default_rng(1).permutation(100)
+    host = model.init_params(3, 784, 20, 10, init="he", dtype="float64")
+    ref, ref_loss, ref_hits = tuple(host), 0.0, 0
+    for start in range(0, 100, 32):
+        batch = order[start:start + 32]
+        ref, loss, hits = ref_step(ref, x[batch], y[batch], 0.05)
+        ref_loss, ref_hits = ref_loss + loss, ref_hits + hits
+
+    params = model.params_to(host, xp, "float64", backend.device)
+    new, loss_sum, hits = run_epoch(params, backend.asarray(x, xp.float64), backend.asarray(y, xp.int64),
+                                    backend.asarray(order, index_dtype(xp)), 32, 0.05)
+    assert float(to_numpy(loss_sum)) == pytest.approx(ref_loss, rel=_tol(backend))
+    assert int(to_numpy(hits)) == ref_hits
+    for got, want in zip(new, ref):
+        np.testing.assert_allclose(to_numpy(got), want, rtol=0, atol=_tol(backend) * np.abs(want).max())

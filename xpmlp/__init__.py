@@ -13,13 +13,14 @@ from .errors import (  # noqa: E402
 )
 from .io import load_model, save_model  # noqa: E402
 from .model import (  # noqa: E402
-    Params, cross_entropy, forward, init_params, loss_and_grads, predict, relu, sgd_step, softmax, train_step,
+    Params, cross_entropy, forward, init_params, loss_and_grads, one_hot, predict, relu, sgd_step, sgd_update,
+    softmax, train_step,
 )
 from .training import TrainConfig, fit  # noqa: E402
 
 __all__ = [
     "Backend", "BackendError", "ConfigError", "DataError", "Dataset", "DivergenceError", "InputError",
     "ModelFileError", "Params", "TrainConfig", "XpmlpError", "backend_of", "cross_entropy", "fit", "forward",
-    "get_backend", "init_params", "load_dataset", "load_mnist", "load_model", "loss_and_grads", "predict",
-    "relu", "save_model", "sgd_step", "softmax", "to_numpy", "train_step",
+    "get_backend", "init_params", "load_dataset", "load_mnist", "load_model", "loss_and_grads", "one_hot",
+    "predict", "relu", "save_model", "sgd_step", "sgd_update", "softmax", "to_numpy", "train_step",
 ]

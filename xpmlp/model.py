@@ -80,13 +80,25 @@ def softmax(logits: Any) -> Any:
     return e / xp.sum(e, axis=-1, keepdims=True)
 
 
+def sample_losses(probs: Any, labels: Any) -> Any:
+    """Each row's -log(p[label]), with p clipped to [1e-15, 1] as the seed does; shape (B,)."""
+    xp = array_namespace(probs)
+    target = xp.take_along_axis(probs, labels[:, None], axis=1)[:, 0]
+    # softmax gives p = e / sum(e) <= 1 exactly (e <= sum(e)), so the upper clip is a no-op and
+    # maximum() does the seed's clip in one cheap call
+    return -xp.log(xp.maximum(target, PROB_CLIP))
+
+
 def cross_entropy(probs: Any, labels: Any) -> Any:
     """Mean of -log(p[label]) with p clipped to [1e-15, 1], as the seed computes it."""
     xp = array_namespace(probs)
-    target = xp.take_along_axis(probs, labels[:, None], axis=1)
-    # softmax gives p = e / sum(e) <= 1 exactly (e <= sum(e)), so the upper clip is a no-op and
-    # maximum() does the seed's clip in one cheap call
-    return -xp.sum(xp.log(xp.maximum(target, PROB_CLIP))) / target.shape[0]
+    return xp.sum(sample_losses(probs, labels)) / probs.shape[0]
+
+
+def one_hot(labels: Any, n_classes: int, dtype: Any) -> Any:
+    """``(B,)`` class indices -> ``(B, n_classes)`` rows of 0 and 1 in ``dtype``, on their device."""
+    xp = array_namespace(labels)
+    return xp.astype(labels[:, None] == xp.arange(n_classes, device=device(labels))[None, :], dtype)
 
 
 def forward(params: Params, x: Any) -> Any:
@@ -120,22 +132,25 @@ def batch_stats(probs: Any, labels: Any) -> StepStats:
 def loss_and_grads(params: Params, x: Any, labels: Any, scale: float = 1.0) -> tuple[StepStats, Params]:
     """Batch-mean loss, hit count, and ``scale`` times the gradient of the *summed* loss (the seed's).
 
-    ``labels`` are integer class indices; the one-hot target only appears as a comparison.
-    ``scale`` multiplies the small (B, n_out) output error before the products, so ``train_step``
-    gets ``lr * gradient`` without a scaled copy of every weight matrix.
+    ``labels`` are integer class indices.
     """
-    xp = array_namespace(x, labels)
+    probs, grads = _probs_and_scaled_grads(params, x, one_hot(labels, params.W2.shape[1], x.dtype), scale)
+    return batch_stats(probs, labels), grads
+
+
+def _probs_and_scaled_grads(params: Params, x: Any, targets: Any, scale: float) -> tuple[Any, Params]:
+    """The batch's probabilities and ``scale`` times the summed loss's gradient, for one-hot
+    ``targets``. ``scale`` multiplies the small (B, n_out) output error before the products, so a
+    step gets ``lr * gradient`` without a scaled copy of every weight matrix."""
+    xp = array_namespace(x, targets)
     W1, b1, W2, b2 = params
     hidden, probs = _forward(params, x)
-    stats = batch_stats(probs, labels)
-
-    classes = xp.arange(probs.shape[1], device=device(x))
-    d_logits = xp.where(labels[:, None] == classes[None, :], probs - 1.0, probs)  # p - onehot
+    d_logits = probs - targets
     if scale != 1.0:
         d_logits = scale * d_logits
     d_hidden = xp.where(hidden > 0, d_logits @ W2.T, 0.0)
     grads = Params(x.T @ d_hidden, xp.sum(d_hidden, axis=0), hidden.T @ d_logits, xp.sum(d_logits, axis=0))
-    return stats, grads
+    return probs, grads
 
 
 def sgd_step(params: Params, grads: Params, lr: float) -> Params:
@@ -143,13 +158,21 @@ def sgd_step(params: Params, grads: Params, lr: float) -> Params:
     return Params(*(p - lr * g for p, g in zip(params, grads)))
 
 
-def train_step(params: Params, x: Any, labels: Any, lr: float) -> tuple[Params, StepStats]:
-    """One SGD step on one batch: the new parameters and the batch's loss and hit count.
+def sgd_update(params: Params, x: Any, targets: Any, lr: float) -> tuple[Params, Any]:
+    """One SGD step on a batch with one-hot ``targets`` (see ``one_hot``): the new parameters, and
+    the batch's probabilities under the old ones, from which a caller can take the loss and hits
+    later (``batch_stats``), e.g. once per epoch instead of once per step.
 
     Equal to ``sgd_step(params, loss_and_grads(params, x, labels)[1], lr)`` up to rounding (the
     products see ``lr * error`` instead of being scaled after: a few ulps apart), one (n_in, H)
     temporary fewer per step.
     """
-    stats, steps = loss_and_grads(params, x, labels, scale=lr)
-    return Params(*(p - step for p, step in zip(params, steps))), stats
+    probs, steps = _probs_and_scaled_grads(params, x, targets, lr)
+    return Params(*(p - step for p, step in zip(params, steps))), probs
 
+
+def train_step(params: Params, x: Any, labels: Any, lr: float) -> tuple[Params, StepStats]:
+    """One SGD step on one batch of integer ``labels``: the new parameters and the batch's loss
+    and hit count (under the parameters it started from)."""
+    new_params, probs = sgd_update(params, x, one_hot(labels, params.W2.shape[1], x.dtype), lr)
+    return new_params, batch_stats(probs, labels)
