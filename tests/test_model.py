@@ -155,12 +155,16 @@ def test_sgd_update_is_train_step_and_returns_the_starting_probabilities(backend
     np.testing.assert_allclose(to_numpy(probs), to_numpy(model.forward(params, xb)), rtol=_tol(backend), atol=0)
 
 
-def test_run_epoch_matches_the_seed_loop_with_a_short_last_batch(backend):
+@pytest.mark.parametrize("tally_every", [64, 3, 2])
+def test_run_epoch_matches_the_seed_loop_with_a_short_last_batch(backend, tally_every, monkeypatch):
     """Loss (a sum of batch means, the short batch's mean over its own 4 rows), hits and final
-    parameters over 100 samples in batches of 32, against the seed's step written out in NumPy."""
+    parameters over 100 samples in batches of 32, against the seed's step written out in NumPy;
+    tallied all at once, as 3 + 1 batches (the short one alone) and as 2 + 2."""
+    from xpmlp import training
     from xpmlp.backend import index_dtype
     from xpmlp.training import run_epoch
 
+    monkeypatch.setattr(training, "TALLY_EVERY", tally_every)
     xp = backend.xp
     x, y = small_batch(6, n=100)
     order = np.random.default_rng(1).permutation(100)
