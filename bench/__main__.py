@@ -25,6 +25,9 @@ ROOT = Path(__file__).resolve().parent.parent
 SWEEP = list(range(8, 65, 8))
 QUICK_SIZES = [8, 32, 64]
 QUICK_LIMIT = 15_000
+# this machine class flips between states ~1.5x apart for seconds at a time (a seed epoch at b64
+# measured 0.76 s and 1.07 s in consecutive rounds); a median of 5 is out of reach of two outliers
+FULL_REPEATS, QUICK_REPEATS = 5, 3
 
 
 def parse_args(argv=None):
@@ -36,7 +39,8 @@ def parse_args(argv=None):
     p.add_argument("--impls", help=f"comma-separated rows (default: all that run here): {', '.join(IMPLS)}")
     p.add_argument("--batch-sizes", help="comma-separated, e.g. 8,32,64 (default: the seed's sweep 8..64 step 8)")
     p.add_argument("--seed-batch-sizes", help="batch sizes for the seed row only (default: the same as the others)")
-    p.add_argument("--repeats", type=int, default=3, help="timed epochs per row and batch size (default 3)")
+    p.add_argument("--repeats", type=int, help=f"timed epochs per row and batch size (default {FULL_REPEATS} for the "
+                   f"full CPU run, {QUICK_REPEATS} with --quick or --gpu)")
     p.add_argument("--warmup", type=int, default=1, help="untimed warm-up epochs first (default 1)")
     p.add_argument("--limit", type=int, help="train on the first N samples (default 60000; --quick: 15000)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"],
@@ -143,6 +147,8 @@ def main(argv=None) -> int:
     sizes = [int(s) for s in args.batch_sizes.split(",")] if args.batch_sizes else (QUICK_SIZES if args.quick else SWEEP)
     seed_sizes = [int(s) for s in args.seed_batch_sizes.split(",")] if args.seed_batch_sizes else sizes
     limit = args.limit or (QUICK_LIMIT if args.quick else None)
+    if args.repeats is None:
+        args.repeats = QUICK_REPEATS if args.quick or args.gpu else FULL_REPEATS
     tag = args.tag or ("gpu" if args.gpu else "cpu") + ("-quick" if args.quick else "")
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
