@@ -2,6 +2,7 @@
 is explained, writes are atomic, model files are validated and portable across backends, and the
 library's public entry points reject bad arrays with messages that say what was expected."""
 
+import importlib.util
 import json
 import os
 import signal
@@ -207,11 +208,7 @@ def test_a_model_saved_on_one_backend_predicts_the_same_on_another(backend, mnis
 
 
 def _has_torch():
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return importlib.util.find_spec("torch") is not None
 
 
 def test_evaluate_reports_what_training_printed(tmp_path, capsys):
