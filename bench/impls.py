@@ -273,11 +273,13 @@ class MatmulFloor(_NumpyGemm, Impl):
 
 class Xpmlp(Impl):
     """xpmlp's own loop (``xpmlp.training.run_epoch``) on one backend, as ``train_epochs`` runs it:
-    the permutation copied to the device, one pass, the loss and hit count read back once."""
+    the design matrix built once with the data (``design_matrix``), then per epoch the permutation
+    copied to the device, one pass, the loss and hit count read back once."""
 
     def __init__(self, x, y, dtype="float32", backend="numpy", device=None):
         from xpmlp.backend import get_backend, index_dtype
         from xpmlp.errors import BackendError
+        from xpmlp.training import design_matrix
 
         try:
             self.backend = get_backend(backend, device)
@@ -291,6 +293,7 @@ class Xpmlp(Impl):
         xp = b.xp
         self.X = b.asarray(scale(x, dtype), getattr(xp, dtype))
         self.y = b.asarray(np.asarray(y, dtype=np.int64), index_dtype(xp))
+        self.design = design_matrix(self.X)
         b.synchronize()
 
     def init(self, params):
@@ -304,7 +307,7 @@ class Xpmlp(Impl):
 
         xp = self.backend.xp
         order_d = xp.asarray(order, dtype=index_dtype(xp), device=self.backend.device)
-        state, loss_sum, hits = run_epoch(state, self.X, self.y, order_d, batch_size, lr)
+        state, loss_sum, hits = run_epoch(state, self.design, self.y, order_d, batch_size, lr)
         host = to_numpy(xp.stack([loss_sum, xp.astype(hits, loss_sum.dtype)]))
         self.backend.synchronize()
         return state, float(host[0]), int(host[1])

@@ -74,22 +74,23 @@ def test_an_epoch_never_reads_the_device(backend, mnist):
     from contextlib import nullcontext
 
     from xpmlp.backend import index_dtype
-    from xpmlp.training import run_epoch
+    from xpmlp.training import DesignMatrix, design_matrix, run_epoch
 
     data = to_device_data(mnist, backend, "float32", 640)
     params = init_params(0, 784, 16, 10, xp=backend.xp, device=backend.device)
     order = backend.xp.asarray(np.random.default_rng(0).permutation(640), dtype=index_dtype(backend.xp),
                                device=backend.device)
-    x, y, guard = data.x_train, data.y_train, nullcontext()
+    design, y, guard = design_matrix(data.x_train), data.y_train, nullcontext()  # built once, before the epochs
     if backend.name == "numpy":
-        x, y, order = (a.view(_NoHostReads) for a in (x, y, order))
+        design = DesignMatrix(*(a.view(_NoHostReads) for a in design))
+        y, order = (a.view(_NoHostReads) for a in (y, order))
         params = type(params)(*(p.view(_NoHostReads) for p in params))
     elif backend.name == "torch" and str(backend.device).startswith("cuda"):
         guard = _torch_sync_errors(backend.module)
     else:
         pytest.skip("checked on NumPy (no-read arrays) and CUDA torch (sync debug mode)")
     with guard:
-        params, loss_sum, hits = run_epoch(params, x, y, order, 64, 0.01)
+        params, loss_sum, hits = run_epoch(params, design, y, order, 64, 0.01)
     assert np.isfinite(np.asarray(loss_sum, dtype=np.float64)) and 0 <= np.asarray(hits, dtype=np.int64) <= 640
 
 

@@ -159,14 +159,17 @@ def test_sgd_update_is_train_step_and_returns_the_starting_probabilities(backend
 def test_run_epoch_matches_the_seed_loop_with_a_short_last_batch(backend, tally_every, monkeypatch):
     """Loss (a sum of batch means, the short batch's mean over its own 4 rows), hits and final
     parameters over 100 samples in batches of 32, against the seed's step written out in NumPy;
-    tallied all at once, as 3 + 1 batches (the short one alone) and as 2 + 2."""
+    tallied all at once, as 3 + 1 batches (the short one alone) and as 2 + 2. A quarter of the
+    input columns are zero in every sample, as MNIST's border pixels are: the design matrix leaves
+    them out, and their rows of W1 must still come back exactly as the seed leaves them."""
     from xpmlp import training
     from xpmlp.backend import index_dtype
-    from xpmlp.training import run_epoch
+    from xpmlp.training import design_matrix, run_epoch
 
     monkeypatch.setattr(training, "TALLY_EVERY", tally_every)
     xp = backend.xp
     x, y = small_batch(6, n=100)
+    x[:, ZERO_COLUMNS] = 0.0
     order = np.random.default_rng(1).permutation(100)
     host = model.init_params(3, 784, 20, 10, init="he", dtype="float64")
     ref, ref_loss, ref_hits = tuple(host), 0.0, 0
@@ -176,9 +179,46 @@ def test_run_epoch_matches_the_seed_loop_with_a_short_last_batch(backend, tally_
         ref_loss, ref_hits = ref_loss + loss, ref_hits + hits
 
     params = model.params_to(host, xp, "float64", backend.device)
-    new, loss_sum, hits = run_epoch(params, backend.asarray(x, xp.float64), backend.asarray(y, xp.int64),
+    design = design_matrix(backend.asarray(x, xp.float64))
+    new, loss_sum, hits = run_epoch(params, design, backend.asarray(y, xp.int64),
                                     backend.asarray(order, index_dtype(xp)), 32, 0.05)
     assert float(to_numpy(loss_sum)) == pytest.approx(ref_loss, rel=_tol(backend))
     assert int(to_numpy(hits)) == ref_hits
     for got, want in zip(new, ref):
         np.testing.assert_allclose(to_numpy(got), want, rtol=0, atol=_tol(backend) * np.abs(want).max())
+    np.testing.assert_array_equal(to_numpy(new.W1)[ZERO_COLUMNS], host.W1[ZERO_COLUMNS])
+    assert np.abs(to_numpy(new.W1) - host.W1).max(axis=1)[_used_columns()].min() > 0  # the others all moved
+
+
+ZERO_COLUMNS = np.r_[0:100, 300:301, 783:784, 500:700:2]
+
+
+def _used_columns():
+    return np.setdiff1d(np.arange(784), ZERO_COLUMNS)
+
+
+def test_design_matrix_keeps_the_used_columns_then_ones_and_folds_back_exactly(backend):
+    from xpmlp.training import design_matrix
+
+    xp = backend.xp
+    x, _ = small_batch(8, n=40)
+    x[:, ZERO_COLUMNS] = 0.0
+    x[3, 0] = 0.5  # nonzero in one sample only: kept
+    design = design_matrix(backend.asarray(x, xp.float32))
+    kept = np.r_[0, _used_columns()]
+    np.testing.assert_array_equal(to_numpy(design.kept), kept)
+    got = to_numpy(design.x)
+    np.testing.assert_array_equal(got, np.c_[x[:, kept].astype(np.float32), np.ones(40, np.float32)])
+    if backend.name == "numpy":  # a batch gather reads whole rows: a strided layout made an epoch 100x slower
+        assert design.x.flags.c_contiguous
+    params = model.init_params(5, 784, 6, 10, dtype="float32", xp=xp, device=backend.device)
+    folded = design.fold(params)
+    assert tuple(folded.W1b.shape) == (kept.size + 1, 6)
+    moved = folded._replace(W1b=folded.W1b + 1.0)  # every kept row and b1 moves by one
+    back = design.unfold(moved, params)
+    want_W1 = to_numpy(params.W1).copy()
+    want_W1[kept] += 1.0
+    np.testing.assert_array_equal(to_numpy(back.W1), want_W1)
+    np.testing.assert_array_equal(to_numpy(back.b1), to_numpy(params.b1) + 1.0)
+    for got_p, want_p in zip(design.unfold(folded, params), params):
+        np.testing.assert_array_equal(to_numpy(got_p), to_numpy(want_p))

@@ -75,7 +75,10 @@ def relu(z: Any) -> Any:
 
 def softmax(logits: Any) -> Any:
     """Row-wise softmax, shifted by the row max so logits of 1e4 do not overflow."""
-    xp = array_namespace(logits)
+    return _softmax(array_namespace(logits), logits)
+
+
+def _softmax(xp: Any, logits: Any) -> Any:
     e = xp.exp(logits - xp.max(logits, axis=-1, keepdims=True))
     return e / xp.sum(e, axis=-1, keepdims=True)
 
@@ -103,24 +106,17 @@ def one_hot(labels: Any, n_classes: int, dtype: Any) -> Any:
 
 def forward(params: Params, x: Any) -> Any:
     """Class probabilities for a batch ``x`` of shape ``(B, n_in)``."""
-    return _forward(params, x)[1]
+    return softmax(_logits(params, x))
 
 
-def _logits(params: Params, x: Any) -> tuple[Any, Any]:
-    """The hidden activations and the output logits."""
+def _logits(params: Params, x: Any) -> Any:
     W1, b1, W2, b2 = params
-    hidden = relu(x @ W1 + b1)
-    return hidden, hidden @ W2 + b2
-
-
-def _forward(params: Params, x: Any) -> tuple[Any, Any]:
-    hidden, logits = _logits(params, x)
-    return hidden, softmax(logits)
+    return relu(x @ W1 + b1) @ W2 + b2
 
 
 def predict(params: Params, x: Any) -> Any:
     """Predicted class indices for ``x`` (argmax of the logits: softmax keeps the order)."""
-    return array_namespace(x).argmax(_logits(params, x)[1], axis=1)
+    return array_namespace(x).argmax(_logits(params, x), axis=1)
 
 
 def batch_stats(probs: Any, labels: Any) -> StepStats:
@@ -134,23 +130,55 @@ def loss_and_grads(params: Params, x: Any, labels: Any, scale: float = 1.0) -> t
 
     ``labels`` are integer class indices.
     """
-    probs, grads = _probs_and_scaled_grads(params, x, one_hot(labels, params.W2.shape[1], x.dtype), scale)
-    return batch_stats(probs, labels), grads
+    xp = array_namespace(x, labels)
+    targets = one_hot(labels, params.W2.shape[1], x.dtype)
+    probs, grads = scaled_grads(xp, fold_bias(params), with_ones_column(x), targets, scale)
+    return batch_stats(probs, labels), unfold_bias(grads)
 
 
-def _probs_and_scaled_grads(params: Params, x: Any, targets: Any, scale: float) -> tuple[Any, Params]:
-    """The batch's probabilities and ``scale`` times the summed loss's gradient, for one-hot
-    ``targets``. ``scale`` multiplies the small (B, n_out) output error before the products, so a
-    step gets ``lr * gradient`` without a scaled copy of every weight matrix."""
-    xp = array_namespace(x, targets)
-    W1, b1, W2, b2 = params
-    hidden, probs = _forward(params, x)
-    d_logits = probs - targets
-    if scale != 1.0:
-        d_logits = scale * d_logits
-    d_hidden = xp.where(hidden > 0, d_logits @ W2.T, 0.0)
-    grads = Params(x.T @ d_hidden, xp.sum(d_hidden, axis=0), hidden.T @ d_logits, xp.sum(d_logits, axis=0))
-    return probs, grads
+class FoldedParams(NamedTuple):
+    """The training step's form of ``Params``: b1 is W1's last row, for inputs that end in a column
+    of ones. Then ``x @ W1b`` is ``x @ W1 + b1`` in one product, and the gradient product
+    ``x.T @ d_hidden`` has b1's gradient (the column sums of ``d_hidden``) as its last row."""
+
+    W1b: Any  # (n_in + 1, H)
+    W2: Any
+    b2: Any
+
+
+def with_ones_column(x: Any) -> Any:
+    """``x`` with a column of ones appended, the input ``FoldedParams`` expect."""
+    xp = array_namespace(x)
+    return xp.concat([x, xp.ones((x.shape[0], 1), dtype=x.dtype, device=device(x))], axis=1)
+
+
+def fold_bias(params: Params) -> FoldedParams:
+    xp = array_namespace(params.W1)
+    return FoldedParams(xp.concat([params.W1, params.b1[None, :]], axis=0), params.W2, params.b2)
+
+
+def unfold_bias(folded: FoldedParams) -> Params:
+    return Params(folded.W1b[:-1, ...], folded.W1b[-1, ...], folded.W2, folded.b2)
+
+
+def scaled_grads(xp: Any, params: FoldedParams, x1: Any, targets: Any, scale: float) -> tuple[Any, FoldedParams]:
+    """The seed's forward and backward pass on a batch ``x1`` (inputs, then a column of ones) with
+    one-hot ``targets``: the batch's probabilities and ``scale`` times the summed loss's gradient.
+
+    ``scale`` multiplies the small (B, n_out) output error before the products, so a step gets
+    ``lr * gradient`` without a scaled copy of every weight matrix. ReLU is a product with the 0/1
+    mask of active units, which the backward pass reuses: the seed's values (a negative unit gives
+    -0.0 instead of 0.0, which no sum or product below can tell apart), in fewer, cheaper calls than
+    ``maximum`` plus ``where`` (NumPy: 5.2 us against 12 us per step at batch 64).
+    """
+    W1b, W2, b2 = params
+    z = x1 @ W1b
+    active = xp.astype(z > 0, z.dtype)
+    hidden = z * active
+    probs = _softmax(xp, hidden @ W2 + b2)
+    d_logits = scale * (probs - targets)
+    d_hidden = (d_logits @ W2.T) * active
+    return probs, FoldedParams(x1.T @ d_hidden, hidden.T @ d_logits, xp.sum(d_logits, axis=0))
 
 
 def sgd_step(params: Params, grads: Params, lr: float) -> Params:
@@ -164,11 +192,17 @@ def sgd_update(params: Params, x: Any, targets: Any, lr: float) -> tuple[Params,
     later (``batch_stats``), e.g. once per epoch instead of once per step.
 
     Equal to ``sgd_step(params, loss_and_grads(params, x, labels)[1], lr)`` up to rounding (the
-    products see ``lr * error`` instead of being scaled after: a few ulps apart), one (n_in, H)
-    temporary fewer per step.
+    products see ``lr * error`` instead of being scaled after: a few ulps apart).
     """
-    probs, steps = _probs_and_scaled_grads(params, x, targets, lr)
-    return Params(*(p - step for p, step in zip(params, steps))), probs
+    folded = fold_bias(params)
+    probs, steps = scaled_grads(array_namespace(x, targets), folded, with_ones_column(x), targets, lr)
+    return unfold_bias(descend(folded, steps)), probs
+
+
+def descend(params: FoldedParams, steps: FoldedParams) -> FoldedParams:
+    """``p - step`` for every parameter, as new arrays (the form every backend, JAX included, allows;
+    in place measured slower on NumPy here)."""
+    return FoldedParams(*(p - step for p, step in zip(params, steps)))
 
 
 def train_step(params: Params, x: Any, labels: Any, lr: float) -> tuple[Params, StepStats]:

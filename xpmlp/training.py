@@ -13,7 +13,9 @@ from array_api_compat import array_namespace
 
 from .backend import Backend, backend_of, compiled, index_dtype, to_numpy
 from .errors import ConfigError, DivergenceError, InputError
-from .model import DTYPES, INITS, PROB_CLIP, Params, init_params, one_hot, predict, sample_losses, sgd_update
+from .model import (
+    DTYPES, INITS, PROB_CLIP, FoldedParams, Params, descend, init_params, one_hot, predict, sample_losses, scaled_grads,
+)
 
 EVAL_CHUNK = 10_000
 SATURATED_FRACTION = 0.75  # of the clip's ceiling -log(1e-15) = 34.5; the seed's worst epoch is ~1.4
@@ -120,36 +122,90 @@ class EpochReport:
         }
 
 
+class DesignMatrix(NamedTuple):
+    """The training inputs as the epoch loop reads them, built once per run by ``design_matrix``.
+
+    ``x`` holds the columns of the inputs that are nonzero in at least one sample, then a column
+    of ones that carries b1 (``FoldedParams``). A column that is zero in every sample gets an
+    exactly zero gradient in the seed's algorithm, so its row of W1 never moves: leaving it out
+    changes no result (up to summation order) and saves its share of both big products per step.
+    In MNIST's training set 67 of the 784 pixels are always 0 (8.5% of those products).
+    """
+
+    x: Any  # (N, k + 1): the k used columns, then ones
+    kept: Any  # (k,): which input columns those are
+    restore: Any  # (n_in,): each W1 row's position in concat([trained rows, starting W1])
+
+    def fold(self, params: Params) -> FoldedParams:
+        """The loop's parameters: W1's rows for the kept columns, then b1; W2 and b2 as they are."""
+        xp = array_namespace(params.W1)
+        W1b = xp.concat([xp.take(params.W1, self.kept, axis=0), params.b1[None, :]], axis=0)
+        return FoldedParams(W1b, params.W2, params.b2)
+
+    def unfold(self, folded: FoldedParams, start: Params) -> Params:
+        """Full parameters again: trained rows where a column was kept, ``start``'s rows elsewhere."""
+        xp = array_namespace(folded.W1b)
+        W1 = xp.take(xp.concat([folded.W1b[:-1, ...], start.W1], axis=0), self.restore, axis=0)
+        return Params(W1, folded.W1b[-1, ...], folded.W2, folded.b2)
+
+
+def design_matrix(x: Any) -> DesignMatrix:
+    """``x``'s used columns and a column of ones, on ``x``'s device. Reads one (n_in,) mask back to
+    the host: once per run, before any epoch."""
+    xp = array_namespace(x)
+    dev = array_api_compat.device(x)
+    used = to_numpy(xp.any(x != 0, axis=0)).astype(bool)
+    kept = np.flatnonzero(used)
+    restore = np.where(used, np.cumsum(used) - 1, kept.size + np.arange(used.size))
+    kept_d, restore_d = (xp.asarray(a, dtype=index_dtype(xp), device=dev) for a in (kept, restore))
+    ones = xp.ones((x.shape[0], 1), dtype=x.dtype, device=dev)
+    return DesignMatrix(xp.concat([xp.take(x, kept_d, axis=1), ones], axis=1), kept_d, restore_d)
+
+
 def run_epoch(
-    params: Params, x: Any, labels: Any, order: Any, batch_size: int, lr: float,
+    params: Params, design: DesignMatrix, labels: Any, order: Any, batch_size: int, lr: float,
     on_batch: Callable[[], None] | None = None,
 ) -> tuple[Params, Any, Any]:
     """One pass in the order ``order``: new params, the sum of batch-mean losses, total hits.
 
-    The permutation and the one-hot targets are made once per epoch (one gather each), then
-    batches are contiguous slices. Each step only updates the parameters and hands back its
-    batch's probabilities; the loss and hits are taken from ``TALLY_EVERY`` batches at a time, in a
-    few calls instead of a dozen per step. Everything stays on the device as 0-d arrays; nothing is
+    Each step gathers its batch's rows of the design matrix (``xp.take``) and slices the epoch's
+    one-hot targets (made once per epoch), updates the parameters and hands back its batch's
+    probabilities; the loss and hits are taken from ``TALLY_EVERY`` batches at a time, in a few
+    calls instead of a dozen per step. Everything stays on the device as 0-d arrays; nothing is
     read back here.
     """
+    x = design.x
     xp = array_namespace(x, labels)
-    x_epoch, y_epoch = xp.take(x, order, axis=0), xp.take(labels, order, axis=0)
+    y_epoch = xp.take(labels, order, axis=0)
     targets = one_hot(y_epoch, params.W2.shape[1], x.dtype)
-    step = compiled(sgd_update, xp, static_argnames=("lr",))
+    step = compiled(_gather_and_update, xp, static_argnames=("lr",))
     tally = compiled(_tally, xp, static_argnames=("batch_size",))
     dev = array_api_compat.device(x)
     loss_sum, hits = xp.zeros((), dtype=x.dtype, device=dev), xp.zeros((), dtype=labels.dtype, device=dev)
+    folded = design.fold(params)
     pending, pending_from = [], 0
     for start in range(0, x.shape[0], batch_size):
         stop = min(start + batch_size, x.shape[0])
-        params, probs = step(params, x_epoch[start:stop, ...], targets[start:stop, ...], lr=lr)
+        folded, probs = step(folded, x, order[start:stop], targets[start:stop, ...], lr=lr)
         pending.append(probs)
         if len(pending) == TALLY_EVERY or stop == x.shape[0]:
             loss_sum, hits = tally(loss_sum, hits, pending, y_epoch[pending_from:stop], batch_size=batch_size)
             pending, pending_from = [], stop
         if on_batch is not None:
             on_batch()
-    return params, loss_sum, hits
+    return design.unfold(folded, params), loss_sum, hits
+
+
+def _gather_and_update(params: FoldedParams, x: Any, batch_order: Any, targets: Any,
+                       lr: float) -> tuple[FoldedParams, Any]:
+    """One SGD step on the rows ``batch_order`` of the design matrix ``x``. A gather per batch
+    rather than one copy of the whole permuted set per epoch: the batch is written where the next
+    product reads it, the 188 MB epoch copy is gone, and on NumPy an epoch ran 1.05x (batch 64) to
+    1.12x (batch 8) faster (alternating A/B, medians of 12-30 rounds). On JAX the gather is inside
+    the compiled step."""
+    xp = array_namespace(x)
+    probs, steps = scaled_grads(xp, params, xp.take(x, batch_order, axis=0), targets, lr)
+    return descend(params, steps), probs
 
 
 TALLY_EVERY = 64  # batches per tally: bounds what is kept, and on JAX the operands of one concat
@@ -206,13 +262,14 @@ def train_epochs(
     device = array_api_compat.device(data.x_train)
     float_dtype = data.x_train.dtype
     n = data.x_train.shape[0]
+    design = design_matrix(data.x_train)
     for epoch in range(start_epoch + 1, config.epochs + 1):
         if on_epoch_start is not None:
             on_epoch_start(epoch)
         started = time.perf_counter()
         order = xp.asarray(rng.permutation(n), dtype=index_dtype(xp), device=device)
-        params, loss_sum, hits = run_epoch(params, data.x_train, data.y_train, order, config.batch_size,
-                                           config.lr, on_batch)
+        params, loss_sum, hits = run_epoch(params, design, data.y_train, order, config.batch_size, config.lr,
+                                           on_batch)
         # a sum over all parameters is non-finite iff some parameter is (or it overflowed: diverged too)
         stats = [loss_sum, xp.astype(hits, float_dtype), sum(xp.sum(p) for p in params)]
         if data.x_test is not None:
