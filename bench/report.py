@@ -27,7 +27,8 @@ def summarise(rows: dict, seed_row: str = "seed") -> list[dict]:
             if not timed:
                 continue
             med = statistics.median(timed)
-            flops = flops_per_epoch(n, hidden=row["hidden"])
+            n_in = row["info"].get("product_inputs", 784)
+            flops = flops_per_epoch(n, n_in=n_in, hidden=row["hidden"])
             rec = {
                 "impl": name, "device": row["info"]["device"], "dtype": row["info"]["dtype"],
                 "trains": row["info"].get("trains", True),
@@ -35,7 +36,7 @@ def summarise(rows: dict, seed_row: str = "seed") -> list[dict]:
                 "seconds": timed, "warmup_seconds": [e["seconds"] for e in epochs if e["warmup"]],
                 "median_s": med, "min_s": min(timed), "max_s": max(timed),
                 "s_per_epoch": med * FULL_EPOCH / n,
-                "samples_per_s": n / med,
+                "samples_per_s": n / med, "product_inputs": n_in,
                 "gflops": flops / med / 1e9,
                 "gemm_peak_gflops": row.get("peak"),
                 "pct_of_peak": 100 * flops / med / 1e9 / row["peak"] if row.get("peak") else None,
@@ -156,14 +157,19 @@ def markdown(result: dict) -> str:
     if scaled:
         lines.append(f"Epochs ran on the first {', '.join(map(str, sorted(n_used)))} training samples; s/epoch is "
                      "scaled to 60,000 samples, min–max are the raw timings.  ")
+    skipping = sorted({(r["impl"], r["product_inputs"]) for r in result["records"] if r["product_inputs"] != 784})
+    executed = ("; " + ", ".join(f"{name} multiplies {k}" for name, k in skipping) + " columns instead of 784 "
+                "(the pixels that are nonzero somewhere in the training set, plus the ones column that carries b1)"
+                if skipping else "")
     lines.append("× seed: the seed's median time at the same batch size / this row's. GFLOP/s counts only the "
-                 "matrix products (bench/flops.py). Peak RSS is the row's own process high-water mark during "
+                 f"matrix products each row executes (bench/flops.py){executed}. Peak RSS is the row's own process high-water mark during "
                  "training (Δ: above its RSS once data were loaded); device peak is the GPU pool's. Train acc is "
                  "the running accuracy of the last epoch (as the seed prints it), after "
                  f"{cfg['warmup'] + cfg['repeats']} epochs.")
     if any(r["impl"] == FLOOR for r in result["records"]):
-        lines.append(f"`{FLOOR}` trains nothing: per batch it does only the two 784×H matrix products and the "
-                     "functional W1 update, so its time is what no NumPy loop with this BLAS can beat.")
+        lines.append(f"`{FLOOR}` trains nothing: per batch it does only the two big matrix products and the "
+                     "functional W1 update on xpmlp's design matrix, so its time is what no NumPy loop on those "
+                     "columns with this BLAS can beat.")
     if result.get("skipped"):
         lines += ["", "Skipped rows:"] + [f"- `{k}`: {v}" for k, v in result["skipped"].items()]
     lines += ["", "## Targets (CPU: xpmlp-numpy; GPU: xpmlp-cupy)", "", "| target | status | detail |", "|---|---|---|"]

@@ -99,7 +99,7 @@ def main() -> None:
         reset_ok = _reset_peak_rss()
         baseline = _rss_status().get("VmRSS")
         reply({"ok": True, "name": impl.name, "device": impl.device, "library": impl.library,
-               "dtype": impl.dtype, "trains": impl.trains, "n_train": n, "versions": impl.versions(), "threadpools": _threadpools(),
+               "dtype": impl.dtype, "trains": impl.trains, "n_train": n, "product_inputs": impl.product_inputs, "versions": impl.versions(), "threadpools": _threadpools(),
                "rss_baseline_bytes": baseline, "peak_reset": reset_ok})
     except Exception as exc:  # a broken row is reported, not fatal to the suite
         reply({"ok": False, "reason": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()})

@@ -74,16 +74,21 @@ def test_flop_count_by_hand():
 
 def test_floor_row_does_exactly_the_floor_work():
     # numpy-floor bounds the others, so it must do the two big products and the W1 update on every
-    # batch, no less: with d = 1e-7 everywhere, one epoch subtracts 1e-7 * (column sums of x) from
-    # every column of W1. A skipped batch or update would miss >= 1/13 of that (~1e-6 on W1).
+    # batch, no less, on the same columns as xpmlp: with d = 1e-7 everywhere, one epoch subtracts
+    # 1e-7 * (column sums of the design matrix) from every column of W1b. A skipped batch or update
+    # would miss >= 1/13 of that (~1e-6 on W1).
+    from xpmlp.training import design_matrix
+
     x, y, params, order = _setup_data()
     impl = make("numpy-floor", x, y, "float64")
     assert not impl.trains
-    (w1,) = impl.host_params(impl.epoch(impl.init(params), order, BATCH, LR)[0])
-    pixels = x.reshape(N, -1) / 255.0
-    expected = params[0] - 1e-7 * pixels.sum(axis=0)[:, None]
-    np.testing.assert_allclose(w1, expected, rtol=0, atol=TOL * np.abs(params[0]).max())
-    assert not np.allclose(w1, params[0], rtol=0, atol=1e-7)
+    (w1b,) = impl.host_params(impl.epoch(impl.init(params), order, BATCH, LR)[0])
+    design = design_matrix(x.reshape(N, -1) / 255.0)
+    assert impl.product_inputs == design.x.shape[1] == w1b.shape[0]
+    start = np.concatenate([params[0][design.kept], params[1][None, :]])
+    expected = start - 1e-7 * design.x.sum(axis=0)[:, None]
+    np.testing.assert_allclose(w1b, expected, rtol=0, atol=TOL * np.abs(params[0]).max())
+    assert not np.allclose(w1b, start, rtol=0, atol=1e-7)
 
 
 def _setup_data():
@@ -92,3 +97,11 @@ def _setup_data():
     # log_softmax loss and the seed's clipped one have the same value (their gradients agree anyway).
     params = tuple(init_params(np.random.default_rng(3), init="he", dtype="float64"))
     return data.x_train[:N], data.y_train[:N], params, np.random.default_rng(4).permutation(N)
+
+
+@pytest.mark.parametrize("name", ["numpy_fast", "numpy-floor"])
+def test_design_matrix_rows_are_contiguous(name):
+    # a batch is a gather of whole rows: column-major storage made an epoch ~100x slower
+    x, y, _, _ = _setup_data()
+    impl = make(name, x, y, "float32")
+    assert impl.X.flags.c_contiguous and impl.X.shape[1] == impl.product_inputs < 784
