@@ -150,8 +150,9 @@ class DesignMatrix(NamedTuple):
 
 
 def design_matrix(x: Any) -> DesignMatrix:
-    """``x``'s used columns and a column of ones, on ``x``'s device. Reads one (n_in,) mask back to
-    the host: once per run, before any epoch."""
+    """The columns of ``x`` that are nonzero in some sample, then a column of ones, on ``x``'s
+    device (a copy, row-major on NumPy: a batch is a gather of whole rows). Reads one (n_in,) mask
+    back to the host: once per run, before any epoch."""
     xp = array_namespace(x)
     dev = array_api_compat.device(x)
     used = to_numpy(xp.any(x != 0, axis=0)).astype(bool)
@@ -200,7 +201,7 @@ def _gather_and_update(params: FoldedParams, x: Any, batch_order: Any, targets: 
                        lr: float) -> tuple[FoldedParams, Any]:
     """One SGD step on the rows ``batch_order`` of the design matrix ``x``. A gather per batch
     rather than one copy of the whole permuted set per epoch: the batch is written where the next
-    product reads it, the 188 MB epoch copy is gone, and on NumPy an epoch ran 1.05x (batch 64) to
+    product reads it, the epoch's ~180 MB copy is gone, and on NumPy an epoch ran 1.05x (batch 64) to
     1.12x (batch 8) faster (alternating A/B, medians of 12-30 rounds). On JAX the gather is inside
     the compiled step. ``xp`` is the namespace, taken once per epoch."""
     probs, steps = scaled_grads(xp, params, xp.take(x, batch_order, axis=0), targets, lr)
