@@ -14,7 +14,8 @@ from array_api_compat import array_namespace
 from .backend import Backend, backend_of, compiled, index_dtype, to_numpy
 from .errors import ConfigError, DivergenceError, InputError
 from .model import (
-    DTYPES, INITS, PROB_CLIP, FoldedParams, Params, descend, init_params, one_hot, predict, sample_losses, scaled_grads,
+    DTYPES, INITS, PROB_CLIP, FoldedParams, Params, descend, fold_bias, init_params, one_hot, predict, sample_losses,
+    scaled_grads, unfold_bias,
 )
 
 EVAL_CHUNK = 10_000
@@ -139,14 +140,13 @@ class DesignMatrix(NamedTuple):
     def fold(self, params: Params) -> FoldedParams:
         """The loop's parameters: W1's rows for the kept columns, then b1; W2 and b2 as they are."""
         xp = array_namespace(params.W1)
-        W1b = xp.concat([xp.take(params.W1, self.kept, axis=0), params.b1[None, :]], axis=0)
-        return FoldedParams(W1b, params.W2, params.b2)
+        return fold_bias(params._replace(W1=xp.take(params.W1, self.kept, axis=0)))
 
     def unfold(self, folded: FoldedParams, start: Params) -> Params:
         """Full parameters again: trained rows where a column was kept, ``start``'s rows elsewhere."""
-        xp = array_namespace(folded.W1b)
-        W1 = xp.take(xp.concat([folded.W1b[:-1, ...], start.W1], axis=0), self.restore, axis=0)
-        return Params(W1, folded.W1b[-1, ...], folded.W2, folded.b2)
+        trained = unfold_bias(folded)
+        xp = array_namespace(trained.W1)
+        return trained._replace(W1=xp.take(xp.concat([trained.W1, start.W1], axis=0), self.restore, axis=0))
 
 
 def design_matrix(x: Any) -> DesignMatrix:
