@@ -79,6 +79,7 @@ def machine_info() -> dict:
     info["env"] = {k: v for k, v in sorted(os.environ.items())
                    if k.startswith(("OPENBLAS_", "OMP_", "MKL_", "XPMLP_", "GOMP_", "KMP_", "XLA_", "JAX_",
                                     "CUDA_VISIBLE"))}
+    info["openblas_unpinned"] = unpinned_openblas_kernel()
     try:
         out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
                              capture_output=True, text=True, timeout=20)
@@ -86,6 +87,27 @@ def machine_info() -> dict:
     except (OSError, subprocess.SubprocessError):
         info["gpu"] = None
     return info
+
+
+# Set on some machines because older OpenBLAS builds fail on some CPUs; they also pin a current one
+# to that kernel (here Haswell's AVX2 on an AVX-512 CPU: a float32 GEMM at ~245 instead of ~460 GFLOP/s).
+OPENBLAS_PINS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+
+
+def unpinned_openblas_kernel() -> str | None:
+    """The kernel NumPy's OpenBLAS picks on this CPU with ``OPENBLAS_PINS`` unset, asked of a child
+    process; None when OPENBLAS_CORETYPE is not set (the rows already run OpenBLAS's own choice) or
+    threadpoolctl is missing."""
+    if "OPENBLAS_CORETYPE" not in os.environ:
+        return None
+    env = {k: v for k, v in os.environ.items() if k not in OPENBLAS_PINS}
+    code = ("import numpy\nfrom threadpoolctl import threadpool_info\n"
+            "print(next((p.get('architecture') for p in threadpool_info() if p.get('internal_api') == 'openblas'), ''))")
+    try:
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
 
 
 class Worker:

@@ -132,6 +132,9 @@ def markdown(result: dict) -> str:
     lines.append(f"Machine: {m.get('cpu_model')} ({m.get('cpus')} CPUs, affinity {m.get('affinity')}), "
                  f"{m.get('platform')}, Python {m.get('python')}; GPU: {m.get('gpu') or 'none'}.  ")
     lines.append(f"Environment: {', '.join(f'{k}={v}' for k, v in m.get('env', {}).items()) or '(no BLAS/OMP variables)'}.  ")
+    kernel_note = openblas_note(m)
+    if kernel_note:
+        lines.append(kernel_note + "  ")
     for key, val in sorted(m.get("blas", {}).items()):
         lines.append(f"Thread pools in `{key}`: {val}  ")
     lines.append("")
@@ -178,6 +181,25 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def openblas_note(machine: dict) -> str | None:
+    """Which OpenBLAS kernel the rows ran, and, when OPENBLAS_CORETYPE pinned it to another than
+    OpenBLAS would pick here, how to measure that one."""
+    kernels = sorted({pool.get("architecture") for pools in machine.get("blas", {}).values() for pool in pools or []
+                      if pool.get("internal_api") == "openblas" and pool.get("architecture")})
+    if not kernels:
+        return None
+    ran = ", ".join(kernels)
+    pinned = machine.get("env", {}).get("OPENBLAS_CORETYPE")
+    if not pinned:
+        return f"OpenBLAS kernel: {ran} (OpenBLAS's own choice for this CPU)."
+    unpinned = machine.get("openblas_unpinned")
+    if not unpinned or unpinned in kernels:
+        return f"OpenBLAS kernel: {ran} (OPENBLAS_CORETYPE={pinned})."
+    return (f"OpenBLAS kernel: {ran}, pinned by OPENBLAS_CORETYPE={pinned}; without it this OpenBLAS would run "
+            f"{unpinned} here. To measure that: `env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m bench "
+            "--tag cpu-native` (README, \"BLAS kernels\").")
+
+
 def plot(result: dict, path) -> bool:
     """Epoch time against batch size, one line per row; False when matplotlib is missing."""
     try:
@@ -213,3 +235,28 @@ def any_record(records: list[dict], **match: Any) -> dict | None:
         if all(r.get(k) == v for k, v in match.items()):
             return r
     return None
+
+
+def main(argv=None) -> int:
+    """``python -m bench.report RESULT.json``: write RESULT.md and RESULT.png again from the JSON
+    (after the report's wording changes; the numbers are the JSON's)."""
+    import argparse
+    import json
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser(prog="python -m bench.report", description=main.__doc__.splitlines()[0])
+    parser.add_argument("result", type=Path, help="a results JSON written by python -m bench")
+    args = parser.parse_args(argv)
+    try:
+        result = json.loads(args.result.read_text())
+    except (OSError, ValueError) as exc:
+        parser.error(f"cannot read {args.result}: {exc}")
+    result["targets"] = targets(result["records"])
+    args.result.with_suffix(".md").write_text(markdown(result))
+    plot(result, args.result.with_suffix(".png"))
+    print(f"wrote {args.result.with_suffix('.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
