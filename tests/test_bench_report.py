@@ -163,3 +163,14 @@ def test_rerender_rewrites_the_markdown_from_the_json(tmp_path):
     with pytest.raises(SystemExit) as exc:
         main([str(tmp_path / "missing.json")])
     assert exc.value.code == 2
+
+
+def test_unpinned_kernel_is_asked_only_when_the_kernel_is_pinned(monkeypatch):
+    from bench.__main__ import unpinned_openblas_kernel
+
+    monkeypatch.delenv("OPENBLAS_CORETYPE", raising=False)
+    assert unpinned_openblas_kernel() is None
+    pytest.importorskip("threadpoolctl")
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Prescott")  # the oldest x86-64 kernel: never what OpenBLAS picks itself
+    kernel = unpinned_openblas_kernel()
+    assert kernel and kernel.lower() != "prescott"
