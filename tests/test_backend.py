@@ -2,8 +2,9 @@
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 
-from xpmlp.backend import CHOICES, backend_of, compiled, get_backend, resolve_name, to_numpy
+from xpmlp.backend import CHOICES, backend_of, compiled, get_backend, namespace, resolve_name, to_numpy
 from xpmlp.errors import BackendError, ConfigError, InputError
 
 
@@ -75,3 +76,55 @@ def test_the_step_is_compiled_only_where_a_compiler_pays(backend):
         assert compiled(train_step, backend.xp, static_argnames=("lr",)) is step
     else:
         assert step is train_step
+
+
+# NumPy's namespace: array-api-compat's, with max/sum/take bound to the ndarray methods (faster
+# calls, the same computation). Each bound function must give what array-api-compat's gives: the
+# same values bit for bit, dtype, shape and type (a NumPy scalar for a full reduction, as before).
+_AXES = st.one_of(st.none(), st.integers(-2, 1), st.sampled_from([(0,), (0, 1), (-1, 0)]))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(shape=st.sampled_from([(3, 4), (1, 5), (6, 1), (2, 3)]), dtype=st.sampled_from(["float32", "float64", "int64", "bool"]),
+       axis=_AXES, keepdims=st.booleans(), seed=st.integers(0, 2**16))
+def test_numpy_reductions_match_array_api_compat(shape, dtype, axis, keepdims, seed):
+    import array_api_compat.numpy as compat
+
+    xp = get_backend("numpy").xp
+    x = np.random.default_rng(seed).normal(size=shape).astype(dtype)
+    for name in ("max", "sum"):
+        expected, got = getattr(compat, name)(x, axis=axis, keepdims=keepdims), getattr(xp, name)(x, axis=axis, keepdims=keepdims)
+        assert type(got) is type(expected) and got.dtype == expected.dtype and np.shape(got) == np.shape(expected)
+        np.testing.assert_array_equal(got, expected, strict=True)
+    if dtype != "bool":
+        wide = "float64" if dtype.startswith("float") else "int64"
+        np.testing.assert_array_equal(xp.sum(x, axis=axis, dtype=getattr(xp, wide)),
+                                      compat.sum(x, axis=axis, dtype=getattr(compat, wide)), strict=True)
+
+
+@settings(max_examples=40, deadline=None)
+@given(axis=st.sampled_from([None, 0, 1, -1]), indices=st.lists(st.integers(0, 2), min_size=0, max_size=6))
+def test_numpy_take_matches_array_api_compat(axis, indices):
+    import array_api_compat.numpy as compat
+
+    xp = get_backend("numpy").xp
+    x, idx = np.arange(12.0).reshape(3, 4), np.asarray(indices, dtype=np.int64)
+    np.testing.assert_array_equal(xp.take(x, idx, axis=axis), compat.take(x, idx, axis=axis), strict=True)
+
+
+def test_numpy_namespace_is_array_api_compat_but_for_three_methods():
+    import array_api_compat
+    import array_api_compat.numpy as compat
+
+    x = np.ones(3)
+    xp = get_backend("numpy").xp
+    assert backend_of(x).xp is xp and namespace(x) is xp and namespace(np.float32(1.0), x) is xp
+    public = [name for name in compat.__all__ if not name.startswith("__")]
+    assert len(public) > 150  # the whole standard namespace, not a few names
+    differs = {name for name in public if getattr(xp, name) is not getattr(compat, name)}
+    assert differs == {"max", "sum", "take"}
+    assert xp.__array_api_version__ == compat.__array_api_version__
+    assert xp.__array_namespace_info__().default_dtypes() == compat.__array_namespace_info__().default_dtypes()
+    assert not array_api_compat.is_jax_namespace(xp)  # so `compiled` leaves NumPy's step alone
+    with pytest.raises(TypeError):
+        xp.max(x, 0)  # axis is keyword-only in the standard, as in array-api-compat's own

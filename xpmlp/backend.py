@@ -1,8 +1,9 @@
 """The one place that knows about array libraries.
 
-A backend is a name, an Array-API namespace (through array-api-compat) and a device. Everything
-else in xpmlp asks this module for a namespace, moves arrays with it and reads results back
-through :func:`to_numpy`; nothing else names a library.
+A backend is a name, an Array-API namespace (:func:`namespace`: array-api-compat's, with NumPy's
+per-batch reductions bound to array methods) and a device. Everything else in xpmlp asks this
+module for a namespace, moves arrays with it and reads results back through :func:`to_numpy`;
+nothing else names a library.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import functools
 import importlib
 import os
+import types
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -20,6 +22,40 @@ from .errors import BackendError, ConfigError, InputError
 
 ENV_VAR = "XPMLP_BACKEND"
 DEFAULT_BACKEND = "numpy"
+
+
+@functools.cache
+def _numpy_with_array_methods() -> types.ModuleType:
+    """array-api-compat's NumPy namespace, except that ``max``, ``sum`` and ``take`` call the
+    ndarray methods. array-api-compat passes those three through to NumPy's function forms, which
+    go through Python wrappers (``np.max`` -> ``_wrapreduction``) and cost 0.4-0.8 us more per call
+    than ``x.max()``, the same computation. The training step makes five such calls per batch; on a
+    net too small to compute anything a step went from 20.2 to 17.0 us."""
+    import array_api_compat.numpy as compat
+
+    ns = types.ModuleType("xpmlp.backend.numpy", _numpy_with_array_methods.__doc__)
+    module_own = ("__name__", "__doc__", "__package__", "__loader__", "__spec__", "__file__", "__path__",
+                  "__cached__", "__builtins__")
+    ns.__dict__.update({k: v for k, v in vars(compat).items() if k not in module_own})
+
+    def max(x, /, *, axis=None, keepdims=False):  # noqa: A001 - the standard's names
+        return x.max(axis=axis, keepdims=keepdims)
+
+    def sum(x, /, *, axis=None, dtype=None, keepdims=False):  # noqa: A001
+        return x.sum(axis=axis, dtype=dtype, keepdims=keepdims)
+
+    def take(x, indices, /, *, axis=None):
+        return x.take(indices, axis=axis)
+
+    ns.max, ns.sum, ns.take = max, sum, take
+    return ns
+
+
+def namespace(*arrays: Any) -> Any:
+    """The Array-API namespace of ``arrays`` (TypeError when they mix libraries): array-api-compat's,
+    and for NumPy arrays the same with ``max``, ``sum`` and ``take`` bound to array methods."""
+    xp = array_api_compat.array_namespace(*arrays)
+    return _numpy_with_array_methods() if array_api_compat.is_numpy_namespace(xp) else xp
 
 
 @dataclass(frozen=True)
@@ -202,7 +238,7 @@ def get_backend(name: str | None = None, device: Any = None) -> Backend:
     module = _import(spec)
     spec.check_usable(module, device)
     resolved = spec.resolve_device(module, device)
-    xp = array_api_compat.array_namespace(spec.probe(module, resolved))
+    xp = namespace(spec.probe(module, resolved))
     return Backend(chosen, xp, resolved, module)
 
 
@@ -219,7 +255,7 @@ def auto_backend(device: Any = None) -> tuple[Backend, str]:
 def backend_of(*arrays: Any) -> Backend:
     """The backend that holds ``arrays``; all must share one namespace and one device."""
     try:
-        xp = array_api_compat.array_namespace(*arrays)
+        xp = namespace(*arrays)
     except TypeError as exc:
         kinds = sorted({type(a).__module__.split(".")[0] + "." + type(a).__name__ for a in arrays})
         raise InputError(

@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any, Sequence
 
-from .backend import CHOICES, get_backend, index_dtype, to_numpy
+from .backend import CHOICES, get_backend, index_dtype, namespace, to_numpy
 from .data import DATASETS, load_dataset
 from .errors import XpmlpError
 from .io import load_model
@@ -35,9 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def evaluate(params: Any, x: Any, labels: Any) -> tuple[float, float]:
     """Mean clipped cross-entropy and accuracy over a whole set; one host read."""
-    from array_api_compat import array_namespace
-
-    xp = array_namespace(x, labels)
+    xp = namespace(x, labels)
 
     def loss_and_hits(xb: Any, yb: Any) -> Any:
         stats = batch_stats(forward(params, xb), yb)

@@ -14,7 +14,9 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import numpy as np
-from array_api_compat import array_namespace, device
+from array_api_compat import device
+
+from .backend import namespace
 
 PROB_CLIP = 1e-15
 INITS = ("seed", "he")
@@ -69,13 +71,13 @@ def params_to(params: Params, xp: Any, dtype: str, device: Any = None) -> Params
 
 
 def relu(z: Any) -> Any:
-    xp = array_namespace(z)
+    xp = namespace(z)
     return xp.maximum(z, 0.0)  # one pass; a Python scalar operand is standard since 2024.12
 
 
 def softmax(logits: Any) -> Any:
     """Row-wise softmax, shifted by the row max so logits of 1e4 do not overflow."""
-    return _softmax(array_namespace(logits), logits)
+    return _softmax(namespace(logits), logits)
 
 
 def _softmax(xp: Any, logits: Any) -> Any:
@@ -85,7 +87,7 @@ def _softmax(xp: Any, logits: Any) -> Any:
 
 def sample_losses(probs: Any, labels: Any) -> Any:
     """Each row's -log(p[label]), with p clipped to [1e-15, 1] as the seed does; shape (B,)."""
-    xp = array_namespace(probs)
+    xp = namespace(probs)
     target = xp.take_along_axis(probs, labels[:, None], axis=1)[:, 0]
     # softmax gives p = e / sum(e) <= 1 exactly (e <= sum(e)), so the upper clip is a no-op and
     # maximum() does the seed's clip in one cheap call
@@ -94,13 +96,13 @@ def sample_losses(probs: Any, labels: Any) -> Any:
 
 def cross_entropy(probs: Any, labels: Any) -> Any:
     """Mean of -log(p[label]) with p clipped to [1e-15, 1], as the seed computes it."""
-    xp = array_namespace(probs)
+    xp = namespace(probs)
     return xp.sum(sample_losses(probs, labels)) / probs.shape[0]
 
 
 def one_hot(labels: Any, n_classes: int, dtype: Any) -> Any:
     """``(B,)`` class indices -> ``(B, n_classes)`` rows of 0 and 1 in ``dtype``, on their device."""
-    xp = array_namespace(labels)
+    xp = namespace(labels)
     return xp.astype(labels[:, None] == xp.arange(n_classes, device=device(labels))[None, :], dtype)
 
 
@@ -116,12 +118,12 @@ def _logits(params: Params, x: Any) -> Any:
 
 def predict(params: Params, x: Any) -> Any:
     """Predicted class indices for ``x`` (argmax of the logits: softmax keeps the order)."""
-    return array_namespace(x).argmax(_logits(params, x), axis=1)
+    return namespace(x).argmax(_logits(params, x), axis=1)
 
 
 def batch_stats(probs: Any, labels: Any) -> StepStats:
     """The batch's mean clipped cross-entropy and its argmax hit count, both 0-d device arrays."""
-    xp = array_namespace(probs, labels)
+    xp = namespace(probs, labels)
     return StepStats(cross_entropy(probs, labels), xp.count_nonzero(xp.argmax(probs, axis=1) == labels))
 
 
@@ -130,7 +132,7 @@ def loss_and_grads(params: Params, x: Any, labels: Any, scale: float = 1.0) -> t
 
     ``labels`` are integer class indices.
     """
-    xp = array_namespace(x, labels)
+    xp = namespace(x, labels)
     targets = one_hot(labels, params.W2.shape[1], x.dtype)
     probs, grads = scaled_grads(xp, fold_bias(params), with_ones_column(x), targets, scale)
     return batch_stats(probs, labels), unfold_bias(grads)
@@ -148,12 +150,12 @@ class FoldedParams(NamedTuple):
 
 def with_ones_column(x: Any) -> Any:
     """``x`` with a column of ones appended, the input ``FoldedParams`` expect."""
-    xp = array_namespace(x)
+    xp = namespace(x)
     return xp.concat([x, xp.ones((x.shape[0], 1), dtype=x.dtype, device=device(x))], axis=1)
 
 
 def fold_bias(params: Params) -> FoldedParams:
-    xp = array_namespace(params.W1)
+    xp = namespace(params.W1)
     return FoldedParams(xp.concat([params.W1, params.b1[None, :]], axis=0), params.W2, params.b2)
 
 
@@ -195,7 +197,7 @@ def sgd_update(params: Params, x: Any, targets: Any, lr: float) -> tuple[Params,
     products see ``lr * error`` instead of being scaled after: a few ulps apart).
     """
     folded = fold_bias(params)
-    probs, steps = scaled_grads(array_namespace(x, targets), folded, with_ones_column(x), targets, lr)
+    probs, steps = scaled_grads(namespace(x, targets), folded, with_ones_column(x), targets, lr)
     return unfold_bias(descend(folded, steps)), probs
 
 

@@ -9,9 +9,8 @@ from typing import Any, Callable, Iterator, NamedTuple
 
 import array_api_compat
 import numpy as np
-from array_api_compat import array_namespace
 
-from .backend import Backend, backend_of, compiled, index_dtype, to_numpy
+from .backend import Backend, backend_of, compiled, index_dtype, namespace, to_numpy
 from .errors import ConfigError, DivergenceError, InputError
 from .model import (
     DTYPES, INITS, PROB_CLIP, FoldedParams, Params, descend, fold_bias, init_params, one_hot, predict, sample_losses,
@@ -139,13 +138,13 @@ class DesignMatrix(NamedTuple):
 
     def fold(self, params: Params) -> FoldedParams:
         """The loop's parameters: W1's rows for the kept columns, then b1; W2 and b2 as they are."""
-        xp = array_namespace(params.W1)
+        xp = namespace(params.W1)
         return fold_bias(params._replace(W1=xp.take(params.W1, self.kept, axis=0)))
 
     def unfold(self, folded: FoldedParams, start: Params) -> Params:
         """Full parameters again: trained rows where a column was kept, ``start``'s rows elsewhere."""
         trained = unfold_bias(folded)
-        xp = array_namespace(trained.W1)
+        xp = namespace(trained.W1)
         return trained._replace(W1=xp.take(xp.concat([trained.W1, start.W1], axis=0), self.restore, axis=0))
 
 
@@ -153,7 +152,7 @@ def design_matrix(x: Any) -> DesignMatrix:
     """The columns of ``x`` that are nonzero in some sample, then a column of ones, on ``x``'s
     device (a copy, row-major on NumPy: a batch is a gather of whole rows). Reads one (n_in,) mask
     back to the host: once per run, before any epoch."""
-    xp = array_namespace(x)
+    xp = namespace(x)
     dev = array_api_compat.device(x)
     used = to_numpy(xp.any(x != 0, axis=0)).astype(bool)
     kept = np.flatnonzero(used)
@@ -176,7 +175,7 @@ def run_epoch(
     read back here.
     """
     x = design.x
-    xp = array_namespace(x, labels)
+    xp = namespace(x, labels)
     y_epoch = xp.take(labels, order, axis=0)
     targets = one_hot(y_epoch, params.W2.shape[1], x.dtype)
     step = compiled(_gather_and_update, xp, static_argnames=("xp", "lr"))
@@ -215,7 +214,7 @@ def _tally(loss_sum: Any, hits: Any, batch_probs: list, labels: Any, batch_size:
     """The running sums plus the batch-mean losses and hits of consecutive batches (all full but
     possibly the last). On JAX this is one compiled program per number of batches; one concat of
     all 7,500 batches of an epoch at batch 8 took 19 s to compile there."""
-    xp = array_namespace(labels)
+    xp = namespace(labels)
     probs = xp.concat(batch_probs, axis=0)
     losses = sample_losses(probs, labels)
     n_full = (losses.shape[0] // batch_size) * batch_size
@@ -237,7 +236,7 @@ def sum_over_chunks(per_chunk: Callable[[Any, Any], Any], x: Any, labels: Any) -
 
 def count_correct(params: Params, x: Any, labels: Any) -> Any:
     """Hits of ``predict`` over a whole set; a 0-d device array."""
-    xp = array_namespace(x, labels)
+    xp = namespace(x, labels)
     return sum_over_chunks(lambda xb, yb: xp.count_nonzero(predict(params, xb) == yb), x, labels)
 
 
@@ -258,7 +257,7 @@ def train_epochs(
     back in one transfer. A non-finite loss or parameter, or a loss at the clip's ceiling (the
     clip keeps a blown-up run finite: --lr 10 gives ~30), raises DivergenceError naming the epoch.
     """
-    xp = array_namespace(data.x_train)
+    xp = namespace(data.x_train)
     device = array_api_compat.device(data.x_train)
     float_dtype = data.x_train.dtype
     n = data.x_train.shape[0]
@@ -305,7 +304,7 @@ def check_inputs(x: Any, labels: Any, n_features: int | None = None, n_classes: 
         raise InputError(f"labels must be 1-D; got shape {tuple(labels.shape)}")
     if labels.shape[0] != x.shape[0]:
         raise InputError(f"{what} has {x.shape[0]} samples but labels has {labels.shape[0]}")
-    xp = array_namespace(x, labels)
+    xp = namespace(x, labels)
     if not xp.isdtype(labels.dtype, "integral"):
         raise InputError(f"labels must be integer class indices; got dtype {labels.dtype}")
     if not xp.isdtype(x.dtype, "real floating"):
