@@ -14,7 +14,7 @@ from .backend import Backend, backend_of, compiled, index_dtype, namespace, to_n
 from .errors import ConfigError, DivergenceError, InputError
 from .model import (
     DTYPES, INITS, PROB_CLIP, FoldedParams, Params, descend, fold_bias, init_params, one_hot, predict, sample_losses,
-    scaled_grads, unfold_bias,
+    scaled_grads, unfold_bias, with_ones_column,
 )
 
 EVAL_CHUNK = 10_000
@@ -158,8 +158,7 @@ def design_matrix(x: Any) -> DesignMatrix:
     kept = np.flatnonzero(used)
     restore = np.where(used, np.cumsum(used) - 1, kept.size + np.arange(used.size))
     kept_d, restore_d = (xp.asarray(a, dtype=index_dtype(xp), device=dev) for a in (kept, restore))
-    ones = xp.ones((x.shape[0], 1), dtype=x.dtype, device=dev)
-    return DesignMatrix(xp.concat([xp.take(x, kept_d, axis=1), ones], axis=1), kept_d, restore_d)
+    return DesignMatrix(with_ones_column(xp.take(x, kept_d, axis=1)), kept_d, restore_d)
 
 
 def run_epoch(
