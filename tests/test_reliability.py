@@ -162,6 +162,17 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["model.npz"]
 
 
+def test_atomic_write_gives_the_permissions_a_plain_write_would(tmp_path):
+    plain, atomic = tmp_path / "plain.json", tmp_path / "atomic.json"
+    old_umask = os.umask(0o022)  # a common umask, under which a temp file's 0600 would show
+    try:
+        plain.write_text("{}")
+        atomic_write(atomic, lambda f: f.write(b"{}"))
+    finally:
+        os.umask(old_umask)
+    assert atomic.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777 == 0o644
+
+
 def _write_npz(path, **arrays):
     np.savez(path, **arrays)
     return path

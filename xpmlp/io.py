@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any, Callable, IO
 
@@ -25,9 +25,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
 
     The bytes go to a temp file in the same folder (same file system, so the rename is atomic),
     are flushed and fsynced, then renamed over ``path``; the folder is fsynced so the rename lasts.
+    The file gets the permissions ``open()`` or ``np.save`` would give it (0666 less the umask),
+    not ``tempfile.mkstemp``'s owner-only 0600.
     """
     path = Path(path)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp_name, fd = _create_temp_beside(path)
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
@@ -38,6 +40,17 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
         Path(tmp_name).unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def _create_temp_beside(path: Path) -> tuple[str, int]:
+    """A new hidden file next to ``path``, opened for writing; mode 0666 so the umask decides."""
+    for _ in range(100):
+        name = str(path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            return name, os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name next to {path}")
 
 
 def _fsync_dir(folder: Path) -> None:
