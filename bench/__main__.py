@@ -218,7 +218,7 @@ def main(argv=None) -> int:
         for w in workers.values():
             w.close()
 
-    from .report import markdown, plot, summarise, targets
+    from .report import markdown, plot, summarise, targets, write_text
 
     peaks: dict[str, float] = {}
     for row in rows.values():
@@ -245,9 +245,9 @@ def main(argv=None) -> int:
         "raw": {name: {str(bs): eps for bs, eps in row["epochs"].items()} for name, row in rows.items()},
     }
     stem = out_dir / tag
-    stem.with_suffix(".json").write_text(json.dumps(result, indent=1, default=str) + "\n")
+    write_text(stem.with_suffix(".json"), json.dumps(result, indent=1, default=str) + "\n")
     md = markdown(result)
-    stem.with_suffix(".md").write_text(md)
+    write_text(stem.with_suffix(".md"), md)
     plotted = plot(result, stem.with_suffix(".png"))
     print(md)
     log(f"wrote {stem}.json, {stem}.md" + (f", {stem}.png" if plotted else " (no plot: matplotlib missing)")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
+from xpmlp.io import atomic_write
+
 from .flops import flops_per_epoch
 
 FULL_EPOCH = 60_000
@@ -253,9 +255,15 @@ def plot(result: dict, path) -> bool:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
     plt.close(fig)
     return True
+
+
+def write_text(path, text: str) -> None:
+    """``path`` replaced by ``text`` in one rename (xpmlp.io.atomic_write): an interrupted run or
+    re-render leaves the previous results whole."""
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def any_record(records: list[dict], **match: Any) -> dict | None:
@@ -281,7 +289,7 @@ def main(argv=None) -> int:
         parser.error(f"cannot read {args.result}: {exc}")
     add_seed_ratios(result["records"])
     result["targets"] = targets(result["records"])
-    args.result.with_suffix(".md").write_text(markdown(result))
+    write_text(args.result.with_suffix(".md"), markdown(result))
     plot(result, args.result.with_suffix(".png"))
     print(f"wrote {args.result.with_suffix('.md')}")
     return 0

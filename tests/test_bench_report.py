@@ -182,6 +182,7 @@ def test_rerender_rewrites_the_markdown_from_the_json(tmp_path):
     path.write_text(json.dumps(result, default=str))
     assert main([str(path)]) == 0
     md = (tmp_path / "cpu.md").read_text()
+    assert not list(tmp_path.glob(".*.tmp"))  # written through a temp file and renamed
     assert "| >= 2.5x faster than seed at batch 64 | NOT met | 2.00x (0.500 s vs 1.000 s) (paired 2.00x)" in md
     assert "| xpmlp-numpy | cpu | float32 | 64 | 0.500 | 0.500–5.000 | 120,000 | 2.00 | 2.00 |" in md
     with pytest.raises(SystemExit) as exc:
