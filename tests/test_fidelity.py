@@ -12,7 +12,7 @@ import numpy as np
 
 from xpmlp.backend import get_backend
 from xpmlp.model import init_params
-from xpmlp.training import TrainConfig, to_device_data, train_epochs
+from xpmlp.training import TrainConfig, scale_pixels, to_device_data, train_epochs
 
 LOSS_BAND = (1.06, 1.31)
 ACCURACY_BAND = (0.74, 0.88)
@@ -28,3 +28,14 @@ def test_first_epoch_falls_in_the_seed_band(mnist):
     assert ACCURACY_BAND[0] <= report.accuracy <= ACCURACY_BAND[1], report.line()
     assert report.test_accuracy > 0.8, report.line()
     assert 1.06 <= 1.1697 <= 1.31 and 0.74 <= 0.8206 <= 0.88  # the band holds the seed's own figures
+
+
+def test_pixels_get_the_seeds_values_in_both_dtypes():
+    # the seed divides uint8 by 255.0 in float64; scale_pixels divides in the target dtype directly
+    # (no float64 copy), which must round to the same value for every one of the 256 codes
+    codes = np.arange(256, dtype=np.uint8).reshape(1, 16, 16)
+    for dtype in ("float32", "float64"):
+        expected = (codes.reshape(1, -1) / 255.0).astype(dtype)
+        scaled = scale_pixels(codes, dtype)
+        assert scaled.dtype == np.dtype(dtype) and scaled.shape == (1, 256)
+        np.testing.assert_array_equal(scaled, expected, strict=True)

@@ -77,9 +77,11 @@ class DeviceData(NamedTuple):
 
 
 def scale_pixels(images: np.ndarray, dtype: str) -> np.ndarray:
-    """uint8 images (N, ...) -> (N, features) floats in [0, 1], divided in float64 as the seed does."""
+    """uint8 images (N, ...) -> (N, features) floats in [0, 1], the seed's values bit for bit. The
+    seed divides in float64; for all 256 codes a float32 division rounds to the same value, so the
+    division runs in ``dtype`` and never makes a float64 copy twice the result's size."""
     flat = images.reshape(images.shape[0], -1)
-    return (flat / 255.0).astype(dtype, copy=False)
+    return np.divide(flat, 255, dtype=dtype)
 
 
 def to_device_data(dataset: Any, backend: Backend, dtype: str, limit: int | None = None) -> DeviceData:
