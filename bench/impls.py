@@ -62,8 +62,10 @@ class Impl:
 
 
 def scale(x: np.ndarray, dtype: str) -> np.ndarray:
-    """uint8 pixels -> floats in [0, 1], divided in float64 as the seed does, then cast."""
-    return (x.reshape(x.shape[0], -1) / 255.0).astype(dtype, copy=False)
+    """uint8 pixels -> floats in [0, 1], the seed's values in either dtype (xpmlp's own helper)."""
+    from xpmlp.training import scale_pixels
+
+    return scale_pixels(x, dtype)
 
 
 def _median_rate(run, sync, n, repeats) -> float:
@@ -288,9 +290,9 @@ class Xpmlp(Impl):
         self.device = _device_kind(b)
         self.name = f"xpmlp-{b.name}" + (f"-{self.device}" if b.name in ("torch", "jax") else "")
         xp = b.xp
-        self.X = b.asarray(scale(x, dtype), getattr(xp, dtype))
         self.y = b.asarray(np.asarray(y, dtype=np.int64), index_dtype(xp))
-        self.design = design_matrix(self.X)
+        # only the design matrix is kept: like the other rows, the row holds just what its loop reads
+        self.design = design_matrix(b.asarray(scale(x, dtype), getattr(xp, dtype)))
         self.product_inputs = self.design.x.shape[1]
         b.synchronize()
 
