@@ -19,47 +19,77 @@ import sys
 import time
 from pathlib import Path
 
+from xpmlp.cli import (
+    OneLineErrorParser, non_negative_int, non_negative_number, parse_batch_sizes, positive_int,
+    positive_number,
+)
+
 from .impls import CPU_ROWS, GPU_ROWS, IMPLS
 
 ROOT = Path(__file__).resolve().parent.parent
 SWEEP = list(range(8, 65, 8))
 QUICK_SIZES = [8, 32, 64]
 QUICK_LIMIT = 15_000
+MNIST_TRAIN = 60_000
 # this machine class flips between states ~1.5x apart for seconds at a time (a seed epoch at b64
 # measured 0.76 s and 1.07 s in consecutive rounds); a median of 5 is out of reach of two outliers
 FULL_REPEATS, QUICK_REPEATS = 5, 3
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    p = OneLineErrorParser(prog="python -m bench", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true",
                    help=f"batch sizes {QUICK_SIZES}, first {QUICK_LIMIT} samples (under 3 minutes on 2 cores)")
     p.add_argument("--gpu", action="store_true", help="only the GPU rows (xpmlp on cupy/torch-cuda/jax, the "
                    "PyTorch peers on CUDA, jax-jit) plus the seed CPU baseline")
     p.add_argument("--impls", help=f"comma-separated rows (default: all that run here): {', '.join(IMPLS)}")
-    p.add_argument("--batch-sizes", help="comma-separated, e.g. 8,32,64 (default: the seed's sweep 8..64 step 8)")
-    p.add_argument("--seed-batch-sizes", help="batch sizes for the seed row only (default: the same as the others)")
-    p.add_argument("--repeats", type=int, help=f"timed epochs per row and batch size (default {FULL_REPEATS} for the "
-                   f"full CPU run, {QUICK_REPEATS} with --quick or --gpu)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed warm-up epochs first (default 1)")
-    p.add_argument("--limit", type=int, help="train on the first N samples (default 60000; --quick: 15000)")
+    p.add_argument("--batch-sizes", type=parse_batch_sizes, metavar="SPEC",
+                   help="a list (8,32,64) or start:stop:step, stop included (default: the seed's sweep 8:64:8)")
+    p.add_argument("--seed-batch-sizes", type=parse_batch_sizes, metavar="SPEC",
+                   help="batch sizes for the seed row only, some of --batch-sizes (default: all of them)")
+    p.add_argument("--repeats", type=positive_int, help=f"timed epochs per row and batch size (default "
+                   f"{FULL_REPEATS} for the full CPU run, {QUICK_REPEATS} with --quick or --gpu)")
+    p.add_argument("--warmup", type=non_negative_int, default=1, help="untimed warm-up epochs first (default 1)")
+    p.add_argument("--limit", type=positive_int,
+                   help=f"train on the first N samples (default {MNIST_TRAIN}; --quick: {QUICK_LIMIT})")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"],
                    help="dtype of every row but seed, which is float64 as in the notebook")
-    p.add_argument("--hidden", type=int, default=300)
-    p.add_argument("--lr", type=float, default=0.01)
-    p.add_argument("--init", default="seed", choices=["seed", "he"])
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, help="BLAS/OpenMP threads per row (threadpoolctl + torch.set_num_threads); "
+    p.add_argument("--hidden", type=positive_int, default=300, help="hidden units (default 300)")
+    p.add_argument("--lr", type=positive_number, default=0.01,
+                   help="learning rate of the summed-gradient SGD step (default 0.01)")
+    p.add_argument("--init", default="seed", choices=["seed", "he"],
+                   help="initial weights, as xpmlp-train --init (default seed: the notebook's N(0,1))")
+    p.add_argument("--seed", type=non_negative_int, default=0,
+                   help="seed of the starting weights and the epochs' orders (default 0)")
+    p.add_argument("--threads", type=positive_int,
+                   help="BLAS/OpenMP threads per row (threadpoolctl + torch.set_num_threads); "
                    "default: the libraries' own choice (all cores). Use 1 when other jobs share the cores: "
                    "OpenBLAS's spinning threads slow down many-fold when a core is taken")
-    p.add_argument("--gap", type=float, default=0.3,
+    p.add_argument("--gap", type=non_negative_number, default=0.3,
                    help="seconds to sleep before each epoch, so the previous row's spinning BLAS/OpenMP threads "
                         "(OpenBLAS spins ~0.1 s after its last call) go idle first (default 0.3)")
-    p.add_argument("--gemm-n", type=int, default=2048, help="size of the square matmul that measures the peak")
+    p.add_argument("--gemm-n", type=positive_int, default=2048,
+                   help="size of the square matmul that measures the peak (default 2048)")
     p.add_argument("--out", default=str(ROOT / "bench" / "results"), help="output folder (default bench/results)")
     p.add_argument("--tag", help="output file stem (default: cpu / gpu, with -quick)")
     p.add_argument("--list", action="store_true", help="list the rows and exit")
-    return p.parse_args(argv)
+    return p, p.parse_args(argv)
+
+
+def check_options(args, sizes: list[int], seed_sizes: list[int], limit: int) -> str | None:
+    """What is wrong with a combination of options, or None: checked before any worker starts."""
+    if args.tag is not None and (not args.tag or os.sep in args.tag or args.tag.startswith(".")):
+        return f"--tag {args.tag!r}: a file stem is needed, without a folder (use --out for the folder)"
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        return f"--out {args.out}: is a file, not a folder"
+    if limit > MNIST_TRAIN:
+        return f"--limit {limit}: MNIST has {MNIST_TRAIN} training samples"
+    if max(sizes) > limit:
+        return f"batch size {max(sizes)} is larger than the {limit} samples; lower it or raise --limit"
+    extra = sorted(set(seed_sizes) - set(sizes))
+    if extra:
+        return f"--seed-batch-sizes {','.join(map(str, extra))}: not among the batch sizes {','.join(map(str, sizes))}"
+    return None
 
 
 def machine_info() -> dict:
@@ -151,7 +181,7 @@ def log(msg: str):
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    parser, args = parse_args(argv)
     if args.list:
         for name, (_, dev) in IMPLS.items():
             print(f"{name:24s} {dev}")
@@ -160,20 +190,25 @@ def main(argv=None) -> int:
         names = [n.strip() for n in args.impls.split(",") if n.strip()]
         bad = [n for n in names if n not in IMPLS]
         if bad:
-            print(f"unknown row(s) {bad}; valid: {', '.join(IMPLS)}", file=sys.stderr)
-            return 2
+            parser.error(f"--impls: unknown row(s) {', '.join(bad)}; valid: {', '.join(IMPLS)}")
     elif args.gpu:
         names = ["seed"] + GPU_ROWS
     else:
         names = list(CPU_ROWS)
-    sizes = [int(s) for s in args.batch_sizes.split(",")] if args.batch_sizes else (QUICK_SIZES if args.quick else SWEEP)
-    seed_sizes = [int(s) for s in args.seed_batch_sizes.split(",")] if args.seed_batch_sizes else sizes
+    sizes = args.batch_sizes or (QUICK_SIZES if args.quick else SWEEP)
+    seed_sizes = args.seed_batch_sizes or sizes
     limit = args.limit or (QUICK_LIMIT if args.quick else None)
+    problem = check_options(args, sizes, seed_sizes, limit or MNIST_TRAIN)
+    if problem:
+        parser.error(problem)
     if args.repeats is None:
         args.repeats = QUICK_REPEATS if args.quick or args.gpu else FULL_REPEATS
     tag = args.tag or ("gpu" if args.gpu else "cpu") + ("-quick" if args.quick else "")
     out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        parser.error(f"--out {args.out}: cannot create the folder ({exc.strerror})")
     started, t0 = dt.datetime.now().isoformat(timespec="seconds"), time.perf_counter()
 
     config = {"dtype": args.dtype, "limit": limit, "threads": args.threads, "seed": args.seed, "hidden": args.hidden, "init": args.init}

@@ -276,17 +276,20 @@ def any_record(records: list[dict], **match: Any) -> dict | None:
 def main(argv=None) -> int:
     """``python -m bench.report RESULT.json``: write RESULT.md and RESULT.png again from the JSON
     (after the report's wording changes; the numbers are the JSON's)."""
-    import argparse
     import json
     from pathlib import Path
 
-    parser = argparse.ArgumentParser(prog="python -m bench.report", description=main.__doc__.splitlines()[0])
+    from xpmlp.cli import OneLineErrorParser
+
+    parser = OneLineErrorParser(prog="python -m bench.report", description=main.__doc__.splitlines()[0])
     parser.add_argument("result", type=Path, help="a results JSON written by python -m bench")
     args = parser.parse_args(argv)
     try:
         result = json.loads(args.result.read_text())
     except (OSError, ValueError) as exc:
         parser.error(f"cannot read {args.result}: {exc}")
+    if not (isinstance(result, dict) and isinstance(result.get("records"), list) and "config" in result):
+        parser.error(f"{args.result} is not a results JSON written by python -m bench (no records and config)")
     add_seed_ratios(result["records"])
     result["targets"] = targets(result["records"])
     write_text(args.result.with_suffix(".md"), markdown(result))

@@ -105,3 +105,41 @@ def test_design_matrix_rows_are_contiguous(name):
     x, y, _, _ = _setup_data()
     impl = make(name, x, y, "float32")
     assert impl.X.flags.c_contiguous and impl.X.shape[1] == impl.product_inputs < 784
+
+
+@pytest.mark.parametrize("argv, names", [
+    (["--repeats", "0"], "--repeats"),
+    (["--warmup", "-1"], "--warmup"),
+    (["--hidden", "0"], "--hidden"),
+    (["--lr", "-1"], "--lr"),
+    (["--gap", "-0.5"], "--gap"),
+    (["--threads", "0"], "--threads"),
+    (["--batch-sizes", "8,x"], "--batch-sizes"),
+    (["--batch-sizes", "0"], "--batch-sizes"),
+    (["--impls", "seed,nope"], "nope"),
+    (["--limit", "70000"], "60000"),
+    (["--limit", "10"], "--limit"),
+    (["--batch-sizes", "8,64", "--seed-batch-sizes", "16"], "--seed-batch-sizes 16"),
+    (["--tag", "a/b"], "--tag"),
+])
+def test_bench_cli_misuse_is_one_line_and_status_2_before_any_worker(argv, names, capsys, tmp_path, monkeypatch):
+    import bench.__main__ as bench_main
+
+    started = []
+    monkeypatch.setattr(bench_main, "Worker", lambda *a, **k: started.append(a))
+    with pytest.raises(SystemExit) as exc:
+        bench_main.main([*argv, "--out", str(tmp_path / "results")])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and started == []
+    assert err.count("\n") == 1 and err.startswith("python -m bench: error:") and names in err, err
+    assert "Traceback" not in err
+
+
+def test_bench_out_must_be_a_folder(capsys, tmp_path):
+    import bench.__main__ as bench_main
+
+    (tmp_path / "taken").write_text("a user's file\n")
+    with pytest.raises(SystemExit) as exc:
+        bench_main.main(["--out", str(tmp_path / "taken")])
+    assert exc.value.code == 2 and "is a file, not a folder" in capsys.readouterr().err
+    assert (tmp_path / "taken").read_text() == "a user's file\n"

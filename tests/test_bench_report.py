@@ -199,3 +199,14 @@ def test_unpinned_kernel_is_asked_only_when_the_kernel_is_pinned(monkeypatch):
     monkeypatch.setenv("OPENBLAS_CORETYPE", "Prescott")  # the oldest x86-64 kernel: never what OpenBLAS picks itself
     kernel = unpinned_openblas_kernel()
     assert kernel and kernel.lower() != "prescott"
+
+
+@pytest.mark.parametrize("content", ["{}", "[1, 2]", '{"records": 3, "config": {}}', "not json"])
+def test_report_refuses_a_json_that_is_not_a_bench_result(content, tmp_path, capsys):
+    path = tmp_path / "other.json"
+    path.write_text(content)
+    with pytest.raises(SystemExit) as exc:
+        main([str(path)])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("\n") == 1 and str(path) in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.json"]  # nothing written beside it

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from xpmlp.io import load_model
-from xpmlp.train import main, parse_batch_sizes
+from xpmlp.cli import parse_batch_sizes
+from xpmlp.train import main
 
 EPOCH_LINE = re.compile(
     r"^Epoch (\d+)/(\d+), Loss: (\d+\.\d{4}), Accuracy: (\d\.\d{4}), Test accuracy: (\d\.\d{4}), Time: \d+\.\d\ds$"
@@ -167,6 +168,11 @@ def test_help_documents_every_flag():
                  "--init", "--seed", "--data-dir", "--dataset", "--limit", "--save", "--json", "--quiet",
                  "--checkpoint-dir", "--resume"):
         assert flag in result.stdout
+    for default in ("(default: 10)", "(default: 64)", "(default: 300)", "(default: 0.01)", "(default: float32)",
+                    "(default: seed)", "(default: 0)", "(default: mnist)"):
+        assert default in result.stdout
+    # options that are off unless given have no default worth printing
+    assert "(default: None)" not in result.stdout and "(default: False)" not in result.stdout
 
 
 def test_data_dir_accepts_an_npz(capsys, tmp_path, mnist):

@@ -12,7 +12,7 @@ from .data import DATASETS, load_dataset
 from .errors import XpmlpError
 from .io import load_model
 from .model import batch_stats, forward
-from .train import OneLineErrorParser
+from .cli import OneLineErrorParser
 from .training import scale_pixels, sum_over_chunks
 
 PROG = "xpmlp-evaluate"
@@ -20,15 +20,14 @@ PROG = "xpmlp-evaluate"
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(prog=PROG, description="Report the loss (the seed's clipped cross-entropy, mean over "
-                     "samples) and accuracy of a saved xpmlp model on a data set's test (or train) split.",
-                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                     "samples) and accuracy of a saved xpmlp model on a data set's test (or train) split.")
     parser.add_argument("model", help="a model .npz written by xpmlp-train --save")
     parser.add_argument("--backend", choices=CHOICES, default=None, metavar="NAME",
                         help=f"array library: {', '.join(CHOICES)}; default $XPMLP_BACKEND or numpy")
     parser.add_argument("--device", default=None, help="device for the backend, e.g. cuda:0")
-    parser.add_argument("--dataset", choices=DATASETS, default="mnist", help="bundled data set")
+    parser.add_argument("--dataset", choices=DATASETS, default="mnist", help="bundled data set (default: %(default)s)")
     parser.add_argument("--data-dir", default=None, metavar="PATH", help="IDX folder or .npz; overrides --dataset")
-    parser.add_argument("--split", choices=("test", "train"), default="test", help="which split to score")
+    parser.add_argument("--split", choices=("test", "train"), default="test", help="which split to score (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
     return parser
 

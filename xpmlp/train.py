@@ -14,6 +14,7 @@ import numpy as np
 
 from . import __version__
 from .backend import CHOICES, ENV_VAR, Backend, auto_backend, get_backend, resolve_name
+from .cli import EXIT_USAGE, OneLineErrorParser, non_negative_int, parse_batch_sizes, positive_int, positive_number
 from .checkpoint import check_same_run, latest_checkpoint, restore_rng, write_checkpoint
 from .data import DATASETS, load_dataset
 from .errors import DivergenceError, XpmlpError
@@ -23,61 +24,7 @@ from .training import EpochReport, TrainConfig, to_device_data, train_epochs, va
 
 PROG = "xpmlp-train"
 RULE = "=" * 40
-EXIT_USAGE, EXIT_FAILED, EXIT_INTERRUPTED = 2, 1, 130
-
-
-class OneLineErrorParser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, status 2, no usage dump
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def _int_at_least(minimum: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = None
-        if value is None or value < minimum:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
-        return value
-
-    parse.__name__ = f"integer >= {minimum}"
-    return parse
-
-
-_positive_int, _non_negative_int = _int_at_least(1), _int_at_least(0)
-
-
-def _learning_rate(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not np.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
-    return value
-
-
-def parse_batch_sizes(text: str) -> list[int]:
-    """``start:stop:step`` (stop included, like the seed's range) or a comma list: ``8,16,64``."""
-    try:
-        if ":" in text:
-            parts = [int(p) for p in text.split(":")]
-            if len(parts) not in (2, 3):
-                raise ValueError
-            start, stop, step = (*parts, 8)[:3] if len(parts) == 2 else parts
-            if step < 1 or stop < start:
-                raise ValueError
-            sizes = list(range(start, stop + 1, step))
-        else:
-            sizes = [int(p) for p in text.split(",") if p.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected start:stop:step (e.g. 8:64:8) or a comma list (e.g. 8,32,64), got {text!r}"
-        ) from None
-    if not sizes or min(sizes) < 1:
-        raise argparse.ArgumentTypeError(f"batch sizes must be >= 1, got {text!r}")
-    return sizes
+EXIT_FAILED, EXIT_INTERRUPTED = 1, 130
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,7 +34,6 @@ def build_parser() -> argparse.ArgumentParser:
         "Each epoch prints the seed's line (Epoch e/E, Loss, Accuracy) then the test accuracy and time.",
         epilog=f"Backend: --backend, else ${ENV_VAR}, else numpy. Example sweep like the seed's second cell: "
         f"{PROG} --batch-sizes 8:64:8",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"xpmlp {__version__}")
     run = parser.add_argument_group("backend")
@@ -97,25 +43,32 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", default=None,
                      help="device for the backend, e.g. cpu, cuda:0 (torch), 0 (cupy); default: the backend's own")
     model = parser.add_argument_group("model and training")
-    model.add_argument("--epochs", type=_positive_int, default=10, help="passes over the training set")
+    model.add_argument("--epochs", type=positive_int, default=10,
+                       help="passes over the training set (default: %(default)s)")
     sizes = model.add_mutually_exclusive_group()
-    sizes.add_argument("--batch-size", type=_positive_int, default=64, help="samples per SGD step")
+    sizes.add_argument("--batch-size", type=positive_int, default=64,
+                       help="samples per SGD step (default: %(default)s)")
     sizes.add_argument("--batch-sizes", type=parse_batch_sizes, default=None, metavar="SPEC",
                        help="sweep: start:stop:step (inclusive, e.g. 8:64:8) or a list (8,32,64); one run each")
-    model.add_argument("--hidden", type=_positive_int, default=300, help="hidden units")
-    model.add_argument("--lr", type=_learning_rate, default=0.01,
-                       help="learning rate (the gradient is summed over the batch, as in the seed)")
-    model.add_argument("--dtype", choices=DTYPES, default="float32", help="floating point type")
+    model.add_argument("--hidden", type=positive_int, default=300, help="hidden units (default: %(default)s)")
+    model.add_argument("--lr", type=positive_number, default=0.01,
+                       help="learning rate; the gradient is summed over the batch, as in the seed "
+                       "(default: %(default)s)")
+    model.add_argument("--dtype", choices=DTYPES, default="float32",
+                       help="floating point type (default: %(default)s)")
     model.add_argument("--init", choices=INITS, default="seed",
-                       help="seed: N(0,1) weights as the notebook (reproduces its numbers); he: scaled N(0,2/fan_in)")
-    model.add_argument("--seed", type=_non_negative_int, default=0,
-                       help="seed of the host RNG that draws the weights and every epoch's shuffle")
+                       help="seed: N(0,1) weights as the notebook (reproduces its numbers); he: scaled N(0,2/fan_in) "
+                       "(default: %(default)s)")
+    model.add_argument("--seed", type=non_negative_int, default=0,
+                       help="seed of the host RNG that draws the weights and every epoch's shuffle "
+                       "(default: %(default)s)")
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", choices=DATASETS, default="mnist",
-                      help="bundled MNIST, or Fashion-MNIST from Debian's dataset-fashion-mnist package")
+                      help="bundled MNIST, or Fashion-MNIST from Debian's dataset-fashion-mnist package "
+                      "(default: %(default)s)")
     data.add_argument("--data-dir", default=None, metavar="PATH",
                       help="a folder of the four IDX files (.gz or not) or a Keras-style .npz; overrides --dataset")
-    data.add_argument("--limit", type=_positive_int, default=None, metavar="N",
+    data.add_argument("--limit", type=positive_int, default=None, metavar="N",
                       help="train on the first N training samples only (quick runs)")
     out = parser.add_argument_group("output")
     out.add_argument("--save", default=None, metavar="PATH",
