@@ -8,7 +8,6 @@ Only one worker computes at any moment. See bench/README.md.
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
 import os
