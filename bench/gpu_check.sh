@@ -85,9 +85,12 @@ log "GPU usable from: $gpus"
 # 2. the backend-parametrised tests on the GPU backends (-k keeps only those ids; the CPU-only
 #    tests already run in CI)
 log "pytest on cupy, torch-cuda, jax"
-XPMLP_TEST_BACKENDS=cupy,torch-cuda,jax timeout 180 "$PY" -m pytest tests -q -p no:cacheprovider \
+XPMLP_TEST_BACKENDS=cupy,torch-cuda,jax timeout 180 "$PY" -m pytest tests -v -rs -p no:cacheprovider \
   -k "cupy or torch-cuda or jax" \
   > "$OUT/pytest-gpu.log" 2>&1 || { rc=$?; status=1; log "pytest failed (exit $rc), see $OUT/pytest-gpu.log"; }
+# the GPU target "no host synchronisation inside an epoch", test by test
+grep -E "never_reads_the_device|no_read_guards_can_fail" "$OUT/pytest-gpu.log" | grep -E "PASSED|FAILED|SKIPPED|ERROR" \
+  | tee -a "$OUT/gpu_check.log" || true
 tail -n 3 "$OUT/pytest-gpu.log" | tee -a "$OUT/gpu_check.log"
 
 # 3. the GPU benchmark rows + the seed on the CPU at batch 64
