@@ -346,14 +346,18 @@ def _device_kind(backend) -> str:
 
 
 def _peak_device_memory(name, module, device) -> int | None:
+    """The most device memory the library's pool held during the run, in bytes (the same measure for
+    every GPU row: what the caching allocator took from the device, not only what arrays used)."""
     try:
         if name == "cupy":
             return int(module.get_default_memory_pool().total_bytes())  # the pool only grows
         if name == "torch" and str(device).startswith("cuda"):
-            return int(module.cuda.max_memory_allocated(device))
+            return int(module.cuda.max_memory_reserved(device))
         if name == "jax":
             stats = device.memory_stats() if hasattr(device, "memory_stats") else None
-            return int(stats["peak_bytes_in_use"]) if stats and "peak_bytes_in_use" in stats else None
+            for key in ("peak_pool_bytes", "peak_bytes_reserved", "peak_bytes_in_use"):  # XLA's names vary
+                if stats and stats.get(key):
+                    return int(stats[key])
     except Exception:  # a statistic we cannot read is reported as missing, not fatal
         return None
     return None
@@ -406,7 +410,7 @@ class _TorchBase(Impl):
         return _median_rate(lambda: a @ a, self._sync, n, repeats)
 
     def peak_device_memory(self):
-        return int(self.torch.cuda.max_memory_allocated()) if self.device == "cuda" else None
+        return _peak_device_memory("torch", self.torch, self.device) if self.device == "cuda" else None
 
     def versions(self):
         return {"numpy": np.__version__, "torch": self.torch.__version__}

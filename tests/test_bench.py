@@ -143,3 +143,21 @@ def test_bench_out_must_be_a_folder(capsys, tmp_path):
         bench_main.main(["--out", str(tmp_path / "taken")])
     assert exc.value.code == 2 and "is a file, not a folder" in capsys.readouterr().err
     assert (tmp_path / "taken").read_text() == "a user's file\n"
+
+
+def test_device_peak_is_the_pool_for_every_gpu_library():
+    """One measure for every GPU row: the caching pool's peak, not the arrays' peak for some rows."""
+    from types import SimpleNamespace
+
+    from bench.impls import _peak_device_memory
+
+    cupy = SimpleNamespace(get_default_memory_pool=lambda: SimpleNamespace(total_bytes=lambda: 300))
+    torch = SimpleNamespace(cuda=SimpleNamespace(max_memory_reserved=lambda device: 200,
+                                                 max_memory_allocated=lambda device: 150))
+    jax_device = SimpleNamespace(memory_stats=lambda: {"peak_bytes_in_use": 90, "peak_pool_bytes": 120})
+    assert _peak_device_memory("cupy", cupy, None) == 300
+    assert _peak_device_memory("torch", torch, "cuda:0") == 200
+    assert _peak_device_memory("torch", torch, "cpu") is None
+    assert _peak_device_memory("jax", None, jax_device) == 120
+    assert _peak_device_memory("jax", None, SimpleNamespace(memory_stats=lambda: {"peak_bytes_in_use": 90})) == 90
+    assert _peak_device_memory("jax", None, SimpleNamespace(memory_stats=lambda: None)) is None
