@@ -171,6 +171,17 @@ def test_markdown_has_every_row_the_targets_and_the_kernel_note():
     assert "| xpmlp-numpy | cpu | float32 | 64 | 0.400 | 0.400–5.000 | 150,000 | 2.50 | 2.50 |" in md
     assert "| >= 2.5x faster than seed at batch 64 | met | 2.50x (0.400 s vs 1.000 s) (paired 2.50x)" in md
     assert "would run SkylakeX" in md
+    assert "Not the issue's method" not in md
+
+
+@pytest.mark.parametrize("repeats, warmup", [(2, 1), (3, 0), (1, 0)])
+def test_a_run_below_the_issues_method_says_so_above_the_targets(repeats, warmup):
+    result = _result(_rows())
+    result["config"].update(repeats=repeats, warmup=warmup)
+    md = markdown(result)
+    note = md.index("**Not the issue's method:**")
+    assert md.index("## Targets") < note < md.index("| target | status |")
+    assert f"{repeats} timed epoch(s) after {warmup} warm-up(s)" in md
 
 
 def test_rerender_rewrites_the_markdown_from_the_json(tmp_path):
