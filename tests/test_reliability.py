@@ -173,6 +173,23 @@ def test_atomic_write_gives_the_permissions_a_plain_write_would(tmp_path):
     assert atomic.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777 == 0o644
 
 
+def test_atomic_write_opens_its_temp_file_in_binary_mode_where_that_is_a_flag(tmp_path, monkeypatch):
+    # Windows' os.open defaults to text mode (\n -> \r\n), which would corrupt every .npz; there
+    # O_BINARY exists and must be passed. Simulated here: a stand-in flag, stripped before the real open.
+    fake_binary, seen = 1 << 30, []
+    real_open = os.open
+    monkeypatch.setattr(os, "O_BINARY", fake_binary, raising=False)
+
+    def recording_open(name, flags, *args):
+        seen.append(flags)
+        return real_open(name, flags & ~fake_binary, *args)
+
+    monkeypatch.setattr(os, "open", recording_open)
+    atomic_write(tmp_path / "m.bin", lambda f: f.write(b"a\nb"))
+    assert seen and seen[0] & fake_binary
+    assert (tmp_path / "m.bin").read_bytes() == b"a\nb"
+
+
 def _write_npz(path, **arrays):
     np.savez(path, **arrays)
     return path

@@ -47,7 +47,9 @@ def _create_temp_beside(path: Path) -> tuple[str, int]:
     for _ in range(100):
         name = str(path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp")
         try:
-            return name, os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            # O_BINARY: on Windows os.open is in text mode by default and would turn \n into \r\n
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+            return name, os.open(name, flags, 0o666)
         except FileExistsError:
             continue
     raise FileExistsError(f"no free temporary name next to {path}")
