@@ -224,3 +224,19 @@ def test_design_matrix_keeps_the_used_columns_then_ones_and_folds_back_exactly(b
     np.testing.assert_array_equal(to_numpy(back.b1), to_numpy(params.b1) + 1.0)
     for got_p, want_p in zip(design.unfold(folded, params), params):
         np.testing.assert_array_equal(to_numpy(got_p), to_numpy(want_p))
+
+
+@pytest.mark.parametrize("n", [1, 100, 250])
+def test_whole_set_hits_for_sets_that_are_not_whole_chunks(backend, n, monkeypatch):
+    """count_correct walks a set EVAL_CHUNK rows at a time; the last chunk is short (a slice
+    running past the end is outside the standard, and array-api-strict refuses it)."""
+    from xpmlp import training
+
+    monkeypatch.setattr(training, "EVAL_CHUNK", 64)  # 250 = 3 chunks of 64 and one of 58
+    x, y = small_batch(3, n=n)
+    params = model.init_params(0, 784, 16, 10, init="he", dtype="float64")
+    expected = int(np.sum(np.argmax(np.maximum(0, x @ params.W1 + params.b1) @ params.W2 + params.b2, axis=1) == y))
+    device_params = model.params_to(params, backend.xp, "float64", backend.device)
+    hits = training.count_correct(device_params, backend.asarray(x, backend.xp.float64),
+                                  backend.asarray(y, backend.xp.int64))
+    assert int(to_numpy(hits)) == expected

@@ -228,9 +228,10 @@ def _tally(loss_sum: Any, hits: Any, batch_probs: list, labels: Any, batch_size:
 def sum_over_chunks(per_chunk: Callable[[Any, Any], Any], x: Any, labels: Any) -> Any:
     """The sum of ``per_chunk(x_chunk, labels_chunk)`` over a whole set, ``EVAL_CHUNK`` rows at a
     time to bound memory; stays on the device."""
-    total = None
-    for start in range(0, x.shape[0], EVAL_CHUNK):
-        part = per_chunk(x[start:start + EVAL_CHUNK, ...], labels[start:start + EVAL_CHUNK])
+    total, n = None, x.shape[0]
+    for start in range(0, n, EVAL_CHUNK):
+        stop = min(start + EVAL_CHUNK, n)  # a stop past the end is unspecified by the standard
+        part = per_chunk(x[start:stop, ...], labels[start:stop])
         total = part if total is None else total + part
     return total
 
