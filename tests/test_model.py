@@ -199,9 +199,12 @@ def _used_columns():
     return np.setdiff1d(np.arange(784), ZERO_COLUMNS)
 
 
-def test_design_matrix_keeps_the_used_columns_then_ones_and_folds_back_exactly(backend):
+@pytest.mark.parametrize("chunk", [16, 10_000])  # 40 rows: 16 + 16 + 8, or one chunk
+def test_design_matrix_keeps_the_used_columns_then_ones_and_folds_back_exactly(backend, chunk, monkeypatch):
+    from xpmlp import training
     from xpmlp.training import design_matrix
 
+    monkeypatch.setattr(training, "EVAL_CHUNK", chunk)  # rows per chunk where it is filled in place
     xp = backend.xp
     x, _ = small_batch(8, n=40)
     x[:, ZERO_COLUMNS] = 0.0
