@@ -97,6 +97,33 @@ def test_resume_can_extend_training(tmp_path, capsys):
     assert [line.split(",")[0] for line in lines] == ["Epoch 1/1", "Epoch 1/3", "Epoch 2/3", "Epoch 3/3"]
 
 
+def test_a_new_run_refuses_a_folder_holding_an_earlier_runs_checkpoints(tmp_path, capsys):
+    # it used to start, then prune by epoch number: the earlier run's epoch 3 outlived the new run's
+    # own epoch 1, and --resume then refused the folder as "a different run"
+    ckpt = tmp_path / "ckpt"
+    base = ["--limit", "256", "--batch-size", "32", "--hidden", "8", "--checkpoint-dir", str(ckpt)]
+    assert train_main([*base, "--epochs", "3", "--lr", "0.01"]) == 0
+    before = {p.name: p.read_bytes() for p in ckpt.iterdir()}
+    capsys.readouterr()
+    assert train_main([*base, "--epochs", "2", "--lr", "0.02"]) == 2
+    captured = capsys.readouterr()
+    assert "already holds checkpoints of batch size 32" in captured.err and "--resume" in captured.err
+    assert "Epoch" not in captured.out  # refused before training
+    assert {p.name: p.read_bytes() for p in ckpt.iterdir()} == before
+    assert train_main([*base, "--epochs", "4", "--lr", "0.01", "--resume"]) == 0  # continuing it is fine
+    # another batch size in the same folder is another run, and starts
+    assert train_main([*base[:2], "--batch-size", "64", *base[4:], "--epochs", "1"]) == 0
+
+
+def test_a_sweep_checks_every_save_name_before_training(tmp_path, capsys):
+    (tmp_path / "out-bs32.npz").mkdir()
+    code = train_main(["--limit", "256", "--hidden", "8", "--epochs", "1", "--batch-sizes", "16,32",
+                       "--save", str(tmp_path / "out.npz")])
+    captured = capsys.readouterr()
+    assert code == 2 and "out-bs32.npz: is a folder" in captured.err and "Epoch" not in captured.out
+    assert not (tmp_path / "out-bs16.npz").exists()
+
+
 def test_damaged_newest_checkpoint_falls_back_to_the_previous(tmp_path):
     params = init_params(0, 784, 4, 10)
     rng = np.random.default_rng(0)
@@ -270,6 +297,40 @@ def test_library_inputs_are_validated(x, y, message):
     params = init_params(0, 784, 8, 10, dtype="float64")
     with pytest.raises(InputError, match=message):
         fit(x, y, params=params, config=TrainConfig(epochs=1, batch_size=32, hidden=8))
+
+
+def test_fit_checks_its_other_arguments():
+    config = TrainConfig(epochs=1, batch_size=32, hidden=8)
+    with pytest.raises(InputError, match="x_test and y_test together"):
+        fit(X, Y, x_test=X, config=config)
+    with pytest.raises(InputError, match="params are float32 but x_train is float64"):
+        fit(X, Y, params=init_params(0, 784, 8, 10, dtype="float32"), config=config)
+    with pytest.raises(InputError, match="params have shapes"):
+        fit(X, Y, params=init_params(0, 784, 8, 5, dtype="float64"), config=config)
+    strict = get_backend("array_api_strict")
+    with pytest.raises(InputError, match="different libraries"):
+        fit(X, Y, params=init_params(0, 784, 8, 10, dtype="float64", xp=strict.xp), config=config)
+
+
+# labels are separable (the class is the argmax of the first 10 features), so training accuracy is
+# high; a hit count kept in the labels' own uint8 wrapped at 256 and reported ~0.04
+SEPARABLE_X = np.random.default_rng(1).random((2000, 20)).astype(np.float32)
+SEPARABLE_Y = SEPARABLE_X[:, :10].argmax(axis=1)
+
+
+@pytest.mark.parametrize("label_dtype", ["uint8", "int8", "int16", "int32", "uint64", "int64"])
+def test_any_integer_label_dtype_trains_the_same(backend, label_dtype):
+    xp = backend.xp
+    if label_dtype == "uint64" and backend.name == "torch":
+        pytest.skip("torch implements no min/max for uint64 tensors")
+    config = TrainConfig(epochs=2, batch_size=8, hidden=32, init="he", lr=0.05)
+    x = backend.asarray(SEPARABLE_X, xp.float32)
+    runs = {}
+    for dtype in (label_dtype, "int64"):
+        _, history = fit(x, backend.asarray(SEPARABLE_Y.astype(dtype), getattr(xp, dtype)), config=config)
+        runs[dtype] = [(h["loss"], h["accuracy"]) for h in history]
+    assert runs[label_dtype] == runs["int64"]
+    assert runs["int64"][-1][1] > 0.3  # far above the 0.1 of chance, so a wrapped count would show
 
 
 def test_mixed_namespaces_in_one_call_are_refused():

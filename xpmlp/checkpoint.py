@@ -38,13 +38,14 @@ def write_checkpoint(folder: Path, params: Params, epoch: int, rng: np.random.Ge
     meta = {"kind": "checkpoint", "epoch": epoch, "rng_state": rng.bit_generator.state,
             "history": history, "run": run}
     save_npz(path, host_arrays(params), meta)
-    for old in _candidates(folder, run["batch_size"])[KEEP:]:
+    for old in checkpoint_files(folder, run["batch_size"])[KEEP:]:
         old.unlink(missing_ok=True)
     return path
 
 
-def _candidates(folder: Path, batch_size: int) -> list[Path]:
-    """This run's checkpoint files, newest epoch first."""
+def checkpoint_files(folder: Path, batch_size: int) -> list[Path]:
+    """The checkpoint files of this batch size in ``folder``, newest epoch first. The CLI refuses
+    to start a new run into a folder that has any (see ``train.make_plan``), so they are one run's."""
     found = []
     for path in Path(folder).glob(f"checkpoint-bs{batch_size}-epoch*.npz"):
         match = _NAME.match(path.name)
@@ -68,7 +69,7 @@ def read_checkpoint(path: Path) -> Checkpoint:
 def latest_checkpoint(folder: Path, batch_size: int) -> tuple[Checkpoint | None, list[str]]:
     """The newest readable checkpoint of this run, and a note for each damaged one skipped."""
     skipped = []
-    for path in _candidates(folder, batch_size):
+    for path in checkpoint_files(folder, batch_size):
         try:
             return read_checkpoint(path), skipped
         except ModelFileError as exc:

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from array_api_compat import device
 
-from .backend import namespace
+from .backend import index_dtype, namespace
 
 PROB_CLIP = 1e-15
 INITS = ("seed", "he")
@@ -88,7 +88,7 @@ def _softmax(xp: Any, logits: Any) -> Any:
 def sample_losses(probs: Any, labels: Any) -> Any:
     """Each row's -log(p[label]), with p clipped to [1e-15, 1] as the seed does; shape (B,)."""
     xp = namespace(probs)
-    target = xp.take_along_axis(probs, labels[:, None], axis=1)[:, 0]
+    target = xp.take_along_axis(probs, as_index(xp, labels)[:, None], axis=1)[:, 0]
     # softmax gives p = e / sum(e) <= 1 exactly (e <= sum(e)), so the upper clip is a no-op and
     # maximum() does the seed's clip in one cheap call
     return -xp.log(xp.maximum(target, PROB_CLIP))
@@ -103,7 +103,14 @@ def cross_entropy(probs: Any, labels: Any) -> Any:
 def one_hot(labels: Any, n_classes: int, dtype: Any) -> Any:
     """``(B,)`` class indices -> ``(B, n_classes)`` rows of 0 and 1 in ``dtype``, on their device."""
     xp = namespace(labels)
-    return xp.astype(labels[:, None] == xp.arange(n_classes, device=device(labels))[None, :], dtype)
+    return xp.astype(as_index(xp, labels)[:, None] == xp.arange(n_classes, device=device(labels))[None, :], dtype)
+
+
+def as_index(xp: Any, labels: Any) -> Any:
+    """Integer labels in the namespace's index dtype (no copy when they already are): torch's
+    take_along_axis takes int64 only, the standard does not compare uint64 with int64, and a hit
+    count kept in uint8 would wrap."""
+    return xp.astype(labels, index_dtype(xp), copy=False)
 
 
 def forward(params: Params, x: Any) -> Any:
@@ -124,6 +131,7 @@ def predict(params: Params, x: Any) -> Any:
 def batch_stats(probs: Any, labels: Any) -> StepStats:
     """The batch's mean clipped cross-entropy and its argmax hit count, both 0-d device arrays."""
     xp = namespace(probs, labels)
+    labels = as_index(xp, labels)
     return StepStats(cross_entropy(probs, labels), xp.count_nonzero(xp.argmax(probs, axis=1) == labels))
 
 

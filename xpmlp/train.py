@@ -15,7 +15,7 @@ import numpy as np
 from . import __version__
 from .backend import CHOICES, ENV_VAR, Backend, auto_backend, get_backend, resolve_name
 from .cli import EXIT_USAGE, OneLineErrorParser, non_negative_int, parse_batch_sizes, positive_int, positive_number
-from .checkpoint import check_same_run, latest_checkpoint, restore_rng, write_checkpoint
+from .checkpoint import check_same_run, checkpoint_files, latest_checkpoint, restore_rng, write_checkpoint
 from .data import DATASETS, load_dataset
 from .errors import DivergenceError, XpmlpError
 from .io import save_model, write_json
@@ -144,7 +144,23 @@ def make_plan(args: argparse.Namespace, log: Any) -> Plan:
     configs = [replace(base, batch_size=size) for size in sizes]
     for config in configs:
         validate_config(config, dataset.x_train.shape[0])
+    if args.save:
+        for size in sizes:  # a sweep writes one file per batch size: check each name, not just --save
+            _check_writable_file(str(_save_path(args.save, size, len(sizes) > 1)), "--save")
+    if args.checkpoint_dir and not args.resume:
+        _refuse_earlier_checkpoints(Path(args.checkpoint_dir), sizes)
     return Plan(configs, backend, dataset, args)
+
+
+def _refuse_earlier_checkpoints(folder: Path, sizes: list[int]) -> None:
+    """A new run would prune an earlier run's checkpoints of the same batch size as if they were its
+    own (or its own as older than theirs): refuse, and say how to continue or where to start."""
+    for size in sizes:
+        found = checkpoint_files(folder, size)
+        if found:
+            raise XpmlpError(f"--checkpoint-dir {folder} already holds checkpoints of batch size {size} "
+                             f"({found[0].name} is the newest); add --resume to continue that run, or give an "
+                             "empty folder to start a new one")
 
 
 def _save_path(save: str, batch_size: int, sweep: bool) -> Path:

@@ -13,8 +13,8 @@ import numpy as np
 from .backend import Backend, backend_of, compiled, index_dtype, namespace, to_numpy
 from .errors import ConfigError, DivergenceError, InputError
 from .model import (
-    DTYPES, INITS, PROB_CLIP, FoldedParams, Params, descend, fold_bias, init_params, one_hot, predict, sample_losses,
-    scaled_grads, unfold_bias, with_ones_column,
+    DTYPES, INITS, PROB_CLIP, FoldedParams, Params, as_index, descend, fold_bias, init_params, one_hot, predict,
+    sample_losses, scaled_grads, unfold_bias, with_ones_column,
 )
 
 EVAL_CHUNK = 10_000
@@ -339,6 +339,23 @@ def check_inputs(x: Any, labels: Any, n_features: int | None = None, n_classes: 
     return backend
 
 
+def check_params(params: Any, x: Any) -> None:
+    """Starting parameters for ``fit``: (W1, b1, W2, b2) of consistent shapes, in ``x``'s library,
+    device and dtype; an InputError names the first mismatch."""
+    if len(params) != 4:
+        raise InputError(f"params must be (W1, b1, W2, b2); got {len(params)} arrays")
+    W1, b1, W2, b2 = params
+    backend_of(x, *params)
+    shapes = [tuple(p.shape) for p in params]
+    hidden = W1.shape[1] if len(W1.shape) == 2 else None
+    if shapes != [(x.shape[1], hidden), (hidden,), (hidden, 10), (10,)]:
+        raise InputError(f"params have shapes {shapes}; expected W1 ({x.shape[1]}, H), b1 (H,), W2 (H, 10), b2 (10,)")
+    dtypes = {str(p.dtype) for p in params}
+    if dtypes != {str(x.dtype)}:
+        raise InputError(f"params are {', '.join(sorted(dtypes))} but x_train is {x.dtype}; convert them with "
+                         "xpmlp.model.params_to(params, xp, dtype)")
+
+
 def fit(
     x_train: Any,
     y_train: Any,
@@ -358,9 +375,17 @@ def fit(
     config = config or TrainConfig()
     backend = check_inputs(x_train, y_train, params[0].shape[0] if params is not None else None, what="x_train")
     validate_config(config, x_train.shape[0])
+    if (x_test is None) != (y_test is None):
+        raise InputError("give x_test and y_test together, or neither")
     if x_test is not None:
         check_inputs(x_test, y_test, x_train.shape[1], what="x_test")
         backend_of(x_train, x_test)
+    if params is not None:
+        check_params(params, x_train)
+    xp = backend.xp
+    # labels in the index dtype once: a uint8 hit count would wrap, torch gathers with int64 only
+    y_train = as_index(xp, y_train)
+    y_test = as_index(xp, y_test) if y_test is not None else None
     rng = np.random.Generator(np.random.PCG64(config.seed))
     dtype = _dtype_name(x_train.dtype)
     if params is None:
