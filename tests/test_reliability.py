@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -131,6 +132,27 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous(tmp_path):
     write_checkpoint(tmp_path, params, 1, rng, [], run)
     newest = write_checkpoint(tmp_path, params, 2, rng, [], run)
     newest.write_bytes(newest.read_bytes()[:100])  # torn by something outside xpmlp
+    checkpoint, skipped = latest_checkpoint(tmp_path, 64)
+    assert checkpoint.epoch == 1 and len(skipped) == 1 and "epoch0002" in skipped[0]
+
+
+@pytest.mark.parametrize("damage", [
+    lambda meta: meta.update(rng_state={"bit_generator": "MT19937"}),  # another generator's state
+    lambda meta: meta.update(rng_state={"bit_generator": "PCG64", "state": "x"}),
+    lambda meta: meta["history"][0].pop("loss"),  # resuming prints every epoch's line again
+    lambda meta: meta.update(history=[3]),
+])
+def test_a_checkpoint_whose_state_cannot_resume_is_skipped_as_damaged(tmp_path, damage):
+    from xpmlp.io import host_arrays, read_npz, save_npz
+
+    params, rng = init_params(0, 784, 4, 10), np.random.default_rng(0)
+    run = {**TrainConfig(hidden=4).to_dict(), "dataset": "mnist"}
+    record = {"epoch": 1, "loss": 1.0, "accuracy": 0.5, "test_accuracy": None, "seconds": 0.1}
+    write_checkpoint(tmp_path, params, 1, rng, [record], run)
+    newest = write_checkpoint(tmp_path, params, 2, rng, [record, {**record, "epoch": 2}], run)
+    arrays, meta = read_npz(newest, ("W1", "b1", "W2", "b2"))
+    damage(meta)
+    save_npz(newest, host_arrays(tuple(arrays[k] for k in ("W1", "b1", "W2", "b2"))), meta)
     checkpoint, skipped = latest_checkpoint(tmp_path, 64)
     assert checkpoint.epoch == 1 and len(skipped) == 1 and "epoch0002" in skipped[0]
 
@@ -371,6 +393,67 @@ def test_unwritable_outputs_fail_before_training(tmp_path, capsys):
     assert train_main(["--json", str(locked / "r.json")]) == 2
     out, err = capsys.readouterr()
     assert "not writable" in err and out == ""
+
+
+def test_a_write_that_fails_mid_run_is_one_line_and_status_1(tmp_path, capsys, monkeypatch):
+    import xpmlp.train as train
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device", str(tmp_path / "ckpt" / "checkpoint-bs64-epoch0001.npz"))
+
+    monkeypatch.setattr(train, "write_checkpoint", disk_full)
+    code = train_main(["--limit", "256", "--hidden", "8", "--epochs", "1", "--checkpoint-dir", str(tmp_path / "ckpt")])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    assert "cannot write" in err and "No space left on device" in err and "epoch0001.npz" in err
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate"])
+def test_ctrl_c_while_loading_is_a_clean_exit_130(command, tmp_path, capsys, monkeypatch):
+    import xpmlp.evaluate as evaluate
+    import xpmlp.train as train
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "load_dataset", interrupted)
+    monkeypatch.setattr(evaluate, "load_dataset", interrupted)
+    model = tmp_path / "m.npz"
+    save_model(model, init_params(0, 784, 4, 10))
+    code = train_main(["--epochs", "1"]) if command == "train" else evaluate_main([str(model)])
+    err = capsys.readouterr().err
+    assert code == 130 and "interrupted" in err and "Traceback" not in err
+
+
+def test_evaluate_refuses_a_model_with_other_than_10_outputs(tmp_path, capsys):
+    model = tmp_path / "m5.npz"
+    save_model(model, init_params(0, 784, 16, 5))
+    assert evaluate_main([str(model)]) == 2
+    assert "model has 5 outputs but mnist has 10 classes" in capsys.readouterr().err
+
+
+def test_evaluate_keeps_a_float64_model_in_float64_on_jax(tmp_path, capsys):
+    jax = pytest.importorskip("jax")
+    was = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", False)  # as in a fresh process; other tests may have turned it on
+    try:
+        _evaluate_float64_on_jax(tmp_path, capsys)
+    finally:
+        jax.config.update("jax_enable_x64", was)
+
+
+def _evaluate_float64_on_jax(tmp_path, capsys):
+    model = tmp_path / "m.npz"
+    save_model(model, init_params(0, 784, 16, 10, dtype="float64"))
+    assert evaluate_main([str(model), "--json"]) == 0
+    on_numpy = json.loads(capsys.readouterr().out)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # JAX warns when it rounds float64 down to float32
+        assert evaluate_main([str(model), "--json", "--backend", "jax"]) == 0
+    on_jax = json.loads(capsys.readouterr().out)
+    assert on_jax["accuracy"] == on_numpy["accuracy"]
+    # float64 on both: the loss sums 10,000 samples, so a few hundred eps of relative difference
+    assert on_jax["loss"] == pytest.approx(on_numpy["loss"], rel=1e3 * np.finfo(np.float64).eps)
 
 
 def _lying_npz(path, names):

@@ -13,6 +13,7 @@ from .errors import ConfigError, ModelFileError
 from .io import MODEL_ARRAYS, check_model_arrays, host_arrays, read_npz, save_npz
 from .model import Params
 
+HISTORY_KEYS = {"epoch", "loss", "accuracy", "test_accuracy", "seconds"}  # what resuming prints again
 KEEP = 2  # the newest two, so a damaged newest file still leaves one to resume from
 _NAME = re.compile(r"^checkpoint-bs(\d+)-epoch(\d+)\.npz$")
 
@@ -60,10 +61,15 @@ def read_checkpoint(path: Path) -> Checkpoint:
     try:
         if meta.get("kind") != "checkpoint":
             raise KeyError("kind")
-        return Checkpoint(params, int(meta["epoch"]), dict(meta["rng_state"]), list(meta["history"]),
-                          dict(meta["run"]), Path(path))
+        checkpoint = Checkpoint(params, int(meta["epoch"]), dict(meta["rng_state"]), list(meta["history"]),
+                                dict(meta["run"]), Path(path))
+        restore_rng(checkpoint.rng_state)  # what resuming does first: a bad state is a damaged file
+        for record in checkpoint.history:
+            if not isinstance(record, dict) or not HISTORY_KEYS <= set(record):
+                raise ValueError(f"history record {record!r}")
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelFileError(f"{path}: not an xpmlp checkpoint (missing or bad {exc})") from None
+    return checkpoint
 
 
 def latest_checkpoint(folder: Path, batch_size: int) -> tuple[Checkpoint | None, list[str]]:

@@ -8,10 +8,10 @@ import sys
 from typing import Any, Sequence
 
 from .backend import CHOICES, get_backend, index_dtype, namespace, to_numpy
-from .data import DATASETS, load_dataset
+from .data import DATASETS, NUM_CLASSES, load_dataset
 from .errors import XpmlpError
 from .io import load_model
-from .model import batch_stats, forward
+from .model import batch_stats, forward, params_to
 from .cli import OneLineErrorParser
 from .training import scale_pixels, sum_over_chunks
 
@@ -27,7 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default=None, help="device for the backend, e.g. cuda:0")
     parser.add_argument("--dataset", choices=DATASETS, default="mnist", help="bundled data set (default: %(default)s)")
     parser.add_argument("--data-dir", default=None, metavar="PATH", help="IDX folder or .npz; overrides --dataset")
-    parser.add_argument("--split", choices=("test", "train"), default="test", help="which split to score (default: %(default)s)")
+    parser.add_argument("--split", choices=("test", "train"), default="test",
+                        help="which split to score (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
     return parser
 
@@ -48,20 +49,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         backend = get_backend(args.backend, args.device)
-        params, meta = load_model(args.model, xp=backend.xp, device=backend.device)
+        host, meta = load_model(args.model)
+        dtype = host.W1.dtype.name
+        if backend.name == "jax" and dtype == "float64":
+            backend.module.config.update("jax_enable_x64", True)  # as xpmlp-train does; else JAX rounds to float32
+        params = params_to(host, backend.xp, dtype, backend.device)
         dataset = load_dataset(args.dataset, args.data_dir)
         images = dataset.x_test if args.split == "test" else dataset.x_train
         labels = dataset.y_test if args.split == "test" else dataset.y_train
-        dtype = str(params.W1.dtype).split(".")[-1]
         x = backend.asarray(scale_pixels(images, dtype), getattr(backend.xp, dtype))
         if x.shape[1] != params.W1.shape[0]:
             raise XpmlpError(f"model expects {params.W1.shape[0]} features per sample but {dataset.name} has "
                              f"{x.shape[1]}; evaluate on the data set it was trained on")
+        if params.W2.shape[1] != NUM_CLASSES:
+            raise XpmlpError(f"model has {params.W2.shape[1]} outputs but {dataset.name} has {NUM_CLASSES} classes; "
+                             "evaluate a model trained on it")
         y = backend.asarray(labels.astype("int64"), index_dtype(backend.xp))
         loss, accuracy = evaluate(params, x, y)
     except XpmlpError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"\n{PROG}: interrupted", file=sys.stderr)
+        return 130
     result = {"model": args.model, "backend": backend.name, "device": str(backend.device), "dataset": dataset.name,
               "split": args.split, "samples": int(x.shape[0]), "loss": loss, "accuracy": accuracy}
     if args.json:

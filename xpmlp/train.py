@@ -286,6 +286,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except XpmlpError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"\n{PROG}: interrupted before training started; nothing was written", file=sys.stderr)
+        return EXIT_INTERRUPTED
     progress = not quiet and sys.stderr.isatty()
     try:
         run(plan, say, progress)
@@ -300,6 +303,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except XpmlpError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except OSError as exc:  # a write that passed the checks up front, then failed: disk full, permissions
+        where = f"; the last good checkpoint stays in {args.checkpoint_dir}" if args.checkpoint_dir else ""
+        print(f"{PROG}: error: cannot write {exc.filename or 'an output file'}: {exc.strerror or exc}{where}",
+              file=sys.stderr)
+        return EXIT_FAILED
     return 0
 
 
