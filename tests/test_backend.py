@@ -39,6 +39,20 @@ def test_cupy_without_a_gpu_says_why_and_what_to_do():
         pytest.skip("cupy is usable here")
 
 
+def test_a_malformed_cupy_device_is_a_usage_error_not_a_missing_gpu():
+    # checked before the GPU probe, so --backend auto cannot mistake it for "no GPU" and fall back
+    from types import SimpleNamespace
+
+    from xpmlp.backend import _check_cupy
+    from xpmlp.errors import ConfigError
+
+    no_gpu = SimpleNamespace(cuda=SimpleNamespace(runtime=SimpleNamespace(getDeviceCount=lambda: 0)))
+    with pytest.raises(ConfigError, match="invalid CuPy device 'gpu-one'"):
+        _check_cupy(no_gpu, "gpu-one")
+    with pytest.raises(BackendError, match="no CUDA device found"):
+        _check_cupy(no_gpu, "cuda:0")
+
+
 def test_auto_falls_back_to_numpy_only_without_a_usable_gpu():
     from xpmlp.backend import auto_backend
 

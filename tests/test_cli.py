@@ -182,3 +182,12 @@ def test_data_dir_accepts_an_npz(capsys, tmp_path, mnist):
     code, out, err = run_cli(capsys, "--data-dir", str(path), "--epochs", "1", "--hidden", "8")
     assert code == 0, err
     assert "256 training / 100 test" in err
+
+
+def test_the_resume_hint_is_quoted_for_the_users_shell():
+    from xpmlp.train import command_line
+
+    words = ["python", "-m", "xpmlp.train", "--checkpoint-dir", "C:\\Users\\Ann Lee\\ck", "--resume"]
+    assert command_line(words, windows=True) == 'python -m xpmlp.train --checkpoint-dir "C:\\Users\\Ann Lee\\ck" --resume'
+    assert command_line(words[:4] + ["/home/ann lee/ck"], windows=False) == \
+        "python -m xpmlp.train --checkpoint-dir '/home/ann lee/ck'"

@@ -336,6 +336,13 @@ def test_npz_round_trip_converts_int_labels_to_uint8(tmp_path):
     assert loaded.name == str(path) and loaded.source == str(path)
 
 
+def test_data_dir_takes_an_npz_whatever_the_case_of_its_suffix(tmp_path):
+    path = tmp_path / "MNIST.NPZ"
+    with open(path, "wb") as handle:  # np.savez would append .npz to a name ending .NPZ
+        np.savez(handle, **small_arrays())
+    assert load_dataset("mnist", path).x_train.shape == small_arrays()["x_train"].shape
+
+
 def test_npz_missing_key_lists_missing_and_present(tmp_path):
     arrays = small_arrays()
     del arrays["y_test"]

@@ -80,11 +80,12 @@ def _cpu_only(name: str) -> Callable[[Any, Any], None]:
 
 def _check_cupy(cupy: Any, device: Any) -> None:
     # CuPy imports fine without a GPU, then fails at the first allocation: probe one.
+    index = _cupy_device_index(device)  # a malformed --device is a usage error, not "cannot run here"
     try:
         count = cupy.cuda.runtime.getDeviceCount()
         if count < 1:
             raise RuntimeError("no CUDA device found")
-        with cupy.cuda.Device(_cupy_device_index(device)):
+        with cupy.cuda.Device(index):
             cupy.zeros(1).sum().item()
     except BackendError:
         raise

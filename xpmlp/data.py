@@ -339,7 +339,7 @@ def load_dataset(name: str = "mnist", data_dir=None) -> Dataset:
 def _load_from_path(path: Path) -> Dataset:
     if path.is_dir():
         return load_idx_dir(path)
-    if path.suffix == ".npz":
+    if path.suffix.lower() == ".npz":
         return load_npz(path)
     if not os.path.exists(path):
         raise DataError(f"{path}: --data-dir does not exist (expected a folder or an .npz file)")

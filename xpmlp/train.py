@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import subprocess
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -315,13 +316,18 @@ def _explain_interrupt(plan: Plan, argv: Sequence[str] | None) -> None:
     epoch = plan.current_epoch
     words = list(sys.argv[1:] if argv is None else argv)
     if plan.args.checkpoint_dir:
-        command = shlex.join(["python", "-m", "xpmlp.train", *[w for w in words if w != "--resume"], "--resume"])
+        command = command_line(["python", "-m", "xpmlp.train", *[w for w in words if w != "--resume"], "--resume"])
         done = f"epoch {epoch - 1} is checkpointed in {plan.args.checkpoint_dir}" if epoch > 1 else \
             f"no epoch had finished; checkpoints go to {plan.args.checkpoint_dir}"
         print(f"\n{PROG}: interrupted in epoch {epoch}; {done}. Resume with: {command}", file=sys.stderr)
     else:
         print(f"\n{PROG}: interrupted in epoch {epoch}; nothing was saved "
               "(add --checkpoint-dir DIR to make runs resumable)", file=sys.stderr)
+
+
+def command_line(words: list[str], windows: bool = os.name == "nt") -> str:
+    """``words`` quoted for the user's shell to paste: cmd.exe's rules on Windows, POSIX elsewhere."""
+    return subprocess.list2cmdline(words) if windows else shlex.join(words)
 
 
 if __name__ == "__main__":
