@@ -527,3 +527,16 @@ def test_fuzz_load_npz_damaged_archive(fuzz_dir, valid_npz_bytes, data_):
         damaged[data_.draw(st.integers(0, len(damaged) - 1))] = data_.draw(st.integers(0, 255))
     cut = data_.draw(st.integers(0, len(damaged)))
     load_npz_or_data_error(write_file(fuzz_dir / "damaged.npz", bytes(damaged[: len(damaged) - cut])))
+
+
+def test_an_unreadable_idx_file_is_named_as_such_not_as_corrupt(tmp_path, monkeypatch):
+    path = tmp_path / "train-images-idx3-ubyte"
+    path.write_bytes(b"\0\0\x08\x01\0\0\0\0")
+
+    def denied(*args, **kwargs):  # as root here, so the permission bits alone would not stop a read
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(data, "open", denied, raising=False)
+    with pytest.raises(DataError, match="permission denied; make the file readable") as exc:
+        read_idx(path)
+    assert "corrupt" not in str(exc.value)

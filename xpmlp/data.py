@@ -82,6 +82,9 @@ def _read_idx_bytes(path, *, expected_ndim: int | None = None) -> tuple[np.ndarr
         raise DataError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise DataError(f"{path}: is a folder, expected an IDX file") from None
+    except PermissionError:  # also what Windows raises for a folder
+        what = "is a folder, expected an IDX file" if path.is_dir() else "permission denied; make the file readable"
+        raise DataError(f"{path}: {what}") from None
     except _GZIP_ERRORS as exc:
         raise DataError(
             f"{path}: cannot read/decompress ({type(exc).__name__}: {exc}); "
