@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -160,7 +161,14 @@ class Worker:
         return json.loads(line)
 
     def ask(self, obj) -> dict:
-        self.send(obj)
+        try:
+            self.send(obj)
+        except (BrokenPipeError, OSError, ValueError):  # the worker is gone: say so, as recv() does
+            try:
+                status = self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                status = "unknown: it stopped reading"
+            return {"ok": False, "error": f"worker exited (status {status})", "reason": f"worker exited (status {status})"}
         return self.recv()
 
     def close(self):
@@ -211,13 +219,24 @@ def main(argv=None) -> int:
     started, t0 = dt.datetime.now().isoformat(timespec="seconds"), time.perf_counter()
 
     config = {"dtype": args.dtype, "limit": limit, "threads": args.threads, "seed": args.seed, "hidden": args.hidden, "init": args.init}
+    run_config = {**config, "command": "python -m bench " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
+                  "rows": names, "batch_sizes": sizes, "seed_batch_sizes": seed_sizes, "repeats": args.repeats,
+                  "warmup": args.warmup, "gap_s": args.gap, "threads": args.threads, "lr": args.lr,
+                  "gemm_n": args.gemm_n, "quick": args.quick}
+    machine = machine_info()
+    stem = out_dir / tag
+
+    def save(rows: dict, skipped: dict, stopped: str | None, final: bool) -> None:
+        result = build_result(tag, started, time.perf_counter() - t0, run_config, machine, rows, skipped, stopped)
+        write_result(stem, result, final)
+
     log(f"starting {len(names)} workers: {', '.join(names)}")
     workers = {n: Worker(n, config) for n in names}
     rows, skipped = {}, {}
     for name, w in workers.items():
         hello = w.recv()
         if hello.get("ok"):
-            rows[name] = {"info": hello, "epochs": {}, "hidden": args.hidden}
+            rows[name] = {"info": hello, "epochs": {}, "hidden": args.hidden, "stats": {}}
             log(f"  {name}: {hello['library']} on {hello['device']}, {hello['dtype']}, {hello['n_train']} samples")
         else:
             skipped[name] = hello.get("reason", "?")
@@ -225,34 +244,75 @@ def main(argv=None) -> int:
             w.close()
     for name in skipped:
         del workers[name]
+    stopped = None
+    signal.signal(signal.SIGTERM, _interrupt)  # e.g. timeout(1): stop as on Ctrl-C, and keep what was measured
     try:
-        for name, w in workers.items():  # one at a time: the GEMM peak of each library, device and dtype
+        stopped = run_rounds(args, workers, rows, skipped, sizes, seed_sizes,
+                             lambda: save(rows, skipped, "partial: written after each timed round", False))
+    finally:
+        for w in workers.values():
+            w.close()
+    save(rows, skipped, stopped, True)
+    return 130 if stopped else 0
+
+
+def run_rounds(args, workers: dict, rows: dict, skipped: dict, sizes: list[int], seed_sizes: list[int],
+               checkpoint) -> str | None:
+    """The GEMM peaks, then every round (each batch size, each row, order rotated per round). A row
+    whose worker fails is dropped (its reason goes to ``skipped``) and the others carry on;
+    ``checkpoint()`` runs after every timed round. Returns why the run stopped early (Ctrl-C), or None."""
+    total = args.warmup + args.repeats
+    rnd = 0
+    try:
+        for name, w in list(workers.items()):  # one at a time: the GEMM peak of each library, device and dtype
             time.sleep(max(args.gap, 0.3))
             res = w.ask({"cmd": "gemm", "n": args.gemm_n, "repeats": 7})
             rows[name]["gemm_gflops"] = res.get("gflops")
             log(f"  {name}: {args.gemm_n}^3 GEMM {res.get('gflops', float('nan')):.1f} GFLOP/s {res.get('error', '')}")
         order = list(workers)
-        for rnd in range(args.warmup + args.repeats):
+        for rnd in range(total):
             warm = rnd < args.warmup
             rot = order[rnd % len(order):] + order[:rnd % len(order)] if order else []
             for bs in sizes:
                 for name in rot:
-                    if name == "seed" and bs not in seed_sizes:
+                    if name not in workers or (name == "seed" and bs not in seed_sizes):
                         continue
                     time.sleep(args.gap)
                     res = workers[name].ask({"cmd": "epoch", "batch": bs, "lr": args.lr})
                     if "error" in res:
-                        raise RuntimeError(f"{name} failed at batch {bs}: {res['error']}\n{res.get('traceback', '')}")
+                        skipped[name] = f"failed at batch {bs} in round {rnd + 1}: {res['error']}"
+                        log(f"  {name}: {skipped[name]}; the row is dropped, the others go on\n"
+                            f"{res.get('traceback', '')}")
+                        workers.pop(name).close()
+                        rows.pop(name, None)
+                        order.remove(name)
+                        continue
                     rows[name]["epochs"].setdefault(bs, []).append({**res, "warmup": warm})
-                    log(f"round {rnd + 1}/{args.warmup + args.repeats}{' (warm-up)' if warm else ''} b{bs:<3d} "
+                    log(f"round {rnd + 1}/{total}{' (warm-up)' if warm else ''} b{bs:<3d} "
                         f"{name:24s} {res['seconds']:7.3f} s  loss {res['loss']:.4f}  acc {res['accuracy']:.4f}")
-        for name, w in workers.items():
-            rows[name]["stats"] = w.ask({"cmd": "stats"})
-    finally:
-        for w in workers.values():
-            w.close()
+            _collect_stats(workers, rows)
+            if not warm and rnd + 1 < total:
+                checkpoint()
+    except KeyboardInterrupt:
+        log(f"interrupted in round {rnd + 1} of {total}; writing what was measured")
+        return f"interrupted (Ctrl-C or SIGTERM) in round {rnd + 1} of {total}; the last round is incomplete"
+    return None
 
-    from .report import markdown, plot, summarise, targets, write_text
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _collect_stats(workers: dict, rows: dict) -> None:
+    for name, w in workers.items():
+        stats = w.ask({"cmd": "stats"})
+        if "error" not in stats:
+            rows[name]["stats"] = stats
+
+
+def build_result(tag: str, started: str, wall: float, config: dict, machine: dict, rows: dict, skipped: dict,
+                 stopped: str | None) -> dict:
+    from .report import summarise, targets
 
     peaks: dict[str, float] = {}
     for row in rows.values():
@@ -262,31 +322,35 @@ def main(argv=None) -> int:
     for row in rows.values():  # % of peak: against the row's own library's GEMM on its device and dtype
         row["peak"] = row.get("gemm_gflops") or peaks.get(f"{row['info']['device']}/{row['info']['dtype']}")
     records = summarise(rows)
-    machine = machine_info()
-    machine["blas"] = {name: row["info"].get("threadpools") for name, row in rows.items()}
+    machine = {**machine, "blas": {name: row["info"].get("threadpools") for name, row in rows.items()}}
     result = {
-        "tag": tag, "started": started, "wall_seconds": time.perf_counter() - t0,
-        "config": {**config, "command": "python -m bench " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
-                   "rows": names, "batch_sizes": sizes, "seed_batch_sizes": seed_sizes, "repeats": args.repeats,
-                   "warmup": args.warmup, "gap_s": args.gap, "threads": args.threads, "lr": args.lr, "gemm_n": args.gemm_n, "quick": args.quick},
-        "machine": machine,
+        "tag": tag, "started": started, "wall_seconds": wall, "config": config, "machine": machine,
         "versions": {name: row["info"].get("versions") for name, row in rows.items()},
         "gemm_peaks": peaks,
         "gemm_by_row": {name: row.get("gemm_gflops") for name, row in rows.items()},
-        "skipped": skipped,
+        "skipped": dict(skipped),
         "records": records,
         "targets": targets(records),
         "raw": {name: {str(bs): eps for bs, eps in row["epochs"].items()} for name, row in rows.items()},
     }
-    stem = out_dir / tag
+    if stopped:
+        result["stopped"] = stopped
+    return result
+
+
+def write_result(stem: Path, result: dict, final: bool) -> None:
+    """JSON and Markdown (each atomically); with ``final``, the plot too and the table on stdout."""
+    from .report import markdown, plot, write_text
+
     write_text(stem.with_suffix(".json"), json.dumps(result, indent=1, default=str) + "\n")
     md = markdown(result)
     write_text(stem.with_suffix(".md"), md)
+    if not final:
+        return
     plotted = plot(result, stem.with_suffix(".png"))
     print(md)
     log(f"wrote {stem}.json, {stem}.md" + (f", {stem}.png" if plotted else " (no plot: matplotlib missing)")
         + f" in {result['wall_seconds']:.0f} s")
-    return 0
 
 
 if __name__ == "__main__":

@@ -11,9 +11,13 @@
 set -euo pipefail
 
 OUT=${1:?usage: bash bench/gpu_check.sh OUT_DIR}
-cd "$(dirname "$0")/.."
 mkdir -p "$OUT"
-OUT=$(cd "$OUT" && pwd)
+OUT=$(cd "$OUT" && pwd)  # before the cd below: a relative OUT_DIR is the caller's, not the repo's
+cd "$(dirname "$0")/.."
+START=$(date +%s)
+BUDGET=${GPU_CHECK_BUDGET_S:-470}  # the whole script, under 8 minutes
+# seconds left for a step: at most $1, and never past the budget less $2 held back for later steps
+cap() { local left=$(( BUDGET - ($(date +%s) - START) - ${2:-0} )); (( left < $1 )) && echo $(( left > 10 ? left : 10 )) || echo "$1"; }
 if [[ -n "${PYTHON:-}" ]]; then PY=$PYTHON
 elif [[ -x .venv/bin/python ]]; then PY=.venv/bin/python
 else PY=python3; fi
@@ -24,7 +28,7 @@ log() { echo "[gpu_check $(date +%H:%M:%S)] $*" | tee -a "$OUT/gpu_check.log"; }
 
 # 1. dependencies from the wheel folder
 if compgen -G "bench/wheels/*.whl" > /dev/null; then
-  timeout 120 "$PY" -m pip install -q --upgrade --no-index --no-deps --no-compile --target /tmp/site bench/wheels/*.whl \
+  timeout "$(cap 60)" "$PY" -m pip install -q --upgrade --no-index --no-deps --no-compile --target /tmp/site bench/wheels/*.whl \
     >> "$OUT/gpu_check.log" 2>&1 || log "warning: installing bench/wheels/*.whl failed (see above)"
   export PYTHONPATH=/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}
 else
@@ -34,8 +38,8 @@ fi
 
 {
   echo "python: $("$PY" --version 2>&1) ($PY)"
-  timeout 30 nvidia-smi 2>&1 || echo "nvidia-smi: not available"
-  timeout 60 "$PY" - <<'EOF' 2>&1 || true
+  timeout 20 nvidia-smi 2>&1 || echo "nvidia-smi: not available"
+  timeout 45 "$PY" - <<'EOF' 2>&1 || true
 import importlib
 for m in ("numpy", "array_api_compat", "tqdm", "cupy", "torch", "jax", "jaxlib", "pytest", "matplotlib", "threadpoolctl"):
     try:
@@ -46,7 +50,7 @@ EOF
 } > "$OUT/environment.txt"
 
 # Is there a GPU any of the libraries can use?
-gpus=$(timeout 120 "$PY" - <<'EOF' 2>/dev/null || true
+gpus=$(timeout "$(cap 90)" "$PY" - <<'EOF' 2>/dev/null || true
 found = []
 try:
     import torch
@@ -75,7 +79,7 @@ gpus=$(echo "$gpus" | tail -n 1)
 if [[ -z "$gpus" ]]; then
   log "no GPU: no CUDA device usable from torch, cupy or jax; skipping the GPU tests and GPU rows"
   log "running the CPU rows quickly instead (--quick, batch 64)"
-  timeout 240 "$PY" -m bench --quick --batch-sizes 64 --out "$OUT" --tag cpu-check > "$OUT/bench.log" 2>&1 \
+  timeout "$(cap 240)" "$PY" -m bench --quick --batch-sizes 64 --out "$OUT" --tag cpu-check > "$OUT/bench.log" 2>&1 \
     || { status=$?; log "CPU benchmark failed (exit $status), see $OUT/bench.log"; }
   log "done (exit $status); results in $OUT"
   exit $status
@@ -85,7 +89,7 @@ log "GPU usable from: $gpus"
 # 2. the backend-parametrised tests on the GPU backends (-k keeps only those ids; the CPU-only
 #    tests already run in CI)
 log "pytest on cupy, torch-cuda, jax"
-XPMLP_TEST_BACKENDS=cupy,torch-cuda,jax timeout 180 "$PY" -m pytest tests -v -rs -p no:cacheprovider \
+XPMLP_TEST_BACKENDS=cupy,torch-cuda,jax timeout "$(cap 180 200)" "$PY" -m pytest tests -v -rs -p no:cacheprovider \
   -k "cupy or torch-cuda or jax" \
   > "$OUT/pytest-gpu.log" 2>&1 || { rc=$?; status=1; log "pytest failed (exit $rc), see $OUT/pytest-gpu.log"; }
 # the GPU target "no host synchronisation inside an epoch", test by test
@@ -95,7 +99,8 @@ tail -n 3 "$OUT/pytest-gpu.log" | tee -a "$OUT/gpu_check.log"
 
 # 3. the GPU benchmark rows + the seed on the CPU at batch 64
 log "benchmark: GPU rows at batch 8,32,64 (full MNIST), seed CPU baseline at 64"
-timeout 330 "$PY" -m bench --gpu --batch-sizes 8,32,64 --seed-batch-sizes 64 --out "$OUT" --tag gpu \
+# the bench writes its JSON and Markdown after every timed round, so a timeout still leaves results
+timeout "$(cap 330 5)" "$PY" -m bench --gpu --batch-sizes 8,32,64 --seed-batch-sizes 64 --out "$OUT" --tag gpu \
   > "$OUT/bench.log" 2>&1 || { rc=$?; status=1; log "benchmark failed (exit $rc), see $OUT/bench.log"; }
 [[ -f "$OUT/gpu.md" ]] && grep -A 30 '^| impl' "$OUT/gpu.md" | tee -a "$OUT/gpu_check.log" || true
 log "done (exit $status); results in $OUT"

@@ -161,3 +161,75 @@ def test_device_peak_is_the_pool_for_every_gpu_library():
     assert _peak_device_memory("jax", None, jax_device) == 120
     assert _peak_device_memory("jax", None, SimpleNamespace(memory_stats=lambda: {"peak_bytes_in_use": 90})) == 90
     assert _peak_device_memory("jax", None, SimpleNamespace(memory_stats=lambda: None)) is None
+
+
+class _FakeWorker:
+    """Stands in for bench.__main__.Worker: answers like a worker process, and can die or be
+    interrupted at a given epoch (``fails_at`` / ``interrupt_at``, counted over all its epochs)."""
+
+    script: dict = {}
+
+    def __init__(self, name, config):
+        self.name, self.epochs = name, 0
+        self.fails_at, self.interrupt_at = self.script.get(name, (None, None))
+
+    def recv(self):
+        return {"ok": True, "name": self.name, "device": "cpu", "library": "numpy", "dtype": "float32",
+                "trains": True, "n_train": 2000, "product_inputs": 784, "versions": {}, "threadpools": [],
+                "rss_baseline_bytes": 1, "peak_reset": True}
+
+    def ask(self, cmd):
+        if cmd["cmd"] == "gemm":
+            return {"gflops": 100.0}
+        if cmd["cmd"] == "stats":
+            return {"peak_rss_bytes": 2, "rss_baseline_bytes": 1, "device_peak_bytes": None}
+        self.epochs += 1
+        if self.epochs == self.interrupt_at:
+            raise KeyboardInterrupt
+        if self.epochs == self.fails_at:
+            return {"ok": False, "error": "worker exited (status -9)"}
+        return {"seconds": 0.5 if self.name == "seed" else 0.2, "loss": 1.0, "accuracy": 0.5}
+
+    def close(self):
+        pass
+
+
+@pytest.mark.parametrize("script, status, survivors, note", [
+    ({"seed": (4, None)}, 0, ["xpmlp-numpy"], "failed at batch 64 in round 2: worker exited (status -9)"),
+    ({"xpmlp-numpy": (None, 4)}, 130, ["seed", "xpmlp-numpy"], "interrupted (Ctrl-C or SIGTERM) in round 2 of 4"),
+])
+def test_a_row_that_dies_or_a_ctrl_c_still_leaves_the_results_of_the_rest(script, status, survivors, note,
+                                                                           tmp_path, monkeypatch):
+    import json
+
+    import bench.__main__ as bench_main
+
+    monkeypatch.setattr(bench_main, "Worker", type("W", (_FakeWorker,), {"script": script}))
+    code = bench_main.main(["--impls", "seed,xpmlp-numpy", "--batch-sizes", "8,64", "--repeats", "3", "--limit", "2000",
+                            "--gap", "0", "--out", str(tmp_path), "--tag", "t"])
+    result = json.loads((tmp_path / "t.json").read_text())
+    assert code == status
+    assert sorted({r["impl"] for r in result["records"]}) == survivors
+    md = (tmp_path / "t.md").read_text()
+    assert note in json.dumps(result) and note in md
+
+
+def test_results_are_written_after_every_timed_round(tmp_path, monkeypatch):
+    import json
+
+    import bench.__main__ as bench_main
+
+    seen = []
+    real_write = bench_main.write_result
+
+    def spy(stem, result, final):
+        seen.append((final, sum(r["timed_epochs"] for r in result["records"])))
+        real_write(stem, result, final)
+
+    monkeypatch.setattr(bench_main, "Worker", _FakeWorker)
+    monkeypatch.setattr(bench_main, "write_result", spy)
+    assert bench_main.main(["--impls", "seed,xpmlp-numpy", "--batch-sizes", "64", "--repeats", "3", "--limit", "2000",
+                            "--gap", "0", "--out", str(tmp_path), "--tag", "t"]) == 0
+    # rounds 2 and 3 are timed and not the last: one partial write each, then the final one
+    assert seen == [(False, 2), (False, 4), (True, 6)]
+    assert "stopped" not in json.loads((tmp_path / "t.json").read_text())

@@ -221,3 +221,25 @@ def test_report_refuses_a_json_that_is_not_a_bench_result(content, tmp_path, cap
     err = capsys.readouterr().err
     assert exc.value.code == 2 and err.count("\n") == 1 and str(path) in err and "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["other.json"]  # nothing written beside it
+
+
+def test_an_every_batch_size_target_is_not_met_on_a_size_it_did_not_judge():
+    rows = _rows()
+    for name in ("seed", "torch-manual-cpu", "torch-module-cpu", "numpy_fast"):
+        del rows[name]["epochs"][8]  # compared only at 64; xpmlp also ran 8
+    records = summarise(rows)
+    for prefix in ("faster than seed", "faster than PyTorch", "within 10%"):
+        status, detail = _status(records, prefix)
+        assert status == "n/a" and "not judged at b8" in detail and "b64:" in detail, (prefix, detail)
+    rows["numpy_fast"]["epochs"][64] = rows["numpy_fast"]["epochs"][64][:1] + [
+        {"seconds": 0.2, "loss": 0.2, "accuracy": 0.94, "warmup": False}] * 3  # xpmlp 2x slower: fails
+    status, _ = _status(summarise(rows), "within 10%")
+    assert status == "NOT met"  # a failure where it was judged outweighs the sizes it was not
+
+
+def test_a_ratio_is_never_shown_rounded_across_its_threshold():
+    # 1.0 / 0.4005 = 2.4969: "2.50x" beside NOT met would contradict itself
+    status, detail = _status(summarise(_rows(xpmlp_b64=0.4005)), ">= 2.5x")
+    assert status == "NOT met" and detail.startswith("2.497x")
+    status, detail = _status(summarise(_rows(xpmlp_b64=0.40)), ">= 2.5x")
+    assert status == "met" and detail.startswith("2.50x")
