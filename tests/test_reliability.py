@@ -179,6 +179,29 @@ def test_ctrl_c_keeps_the_checkpoint_and_exits_130(tmp_path):
     assert checkpoint is not None and checkpoint.epoch >= 1 and not skipped
 
 
+def test_ctrl_c_in_a_sweep_says_which_run_stopped_and_what_the_finished_ones_left(tmp_path, capsys, monkeypatch):
+    import xpmlp.train as train
+
+    real = train.train_epochs
+
+    def interrupt_at_batch_64(params, data, config, rng, **kwargs):
+        if config.batch_size == 64:
+            raise KeyboardInterrupt
+        return real(params, data, config, rng, **kwargs)
+
+    monkeypatch.setattr(train, "train_epochs", interrupt_at_batch_64)
+    code = train_main(["--limit", "640", "--hidden", "8", "--epochs", "1", "--batch-sizes", "32,64",
+                       "--save", str(tmp_path / "m.npz"), "--json", str(tmp_path / "r.json")])
+    err = capsys.readouterr().err
+    assert code == 130
+    assert "interrupted before the first epoch of batch size 64" in err
+    assert f"batch size 32 finished (saved {tmp_path / 'm-bs32.npz'})" in err and (tmp_path / "m-bs32.npz").exists()
+    assert f"{tmp_path / 'r.json'} holds the finished runs' history" in err
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert "batch_size" not in report["config"] and report["config"]["batch_sizes"] == [32, 64]
+    assert [r["config"]["batch_size"] for r in report["runs"]] == [32]
+
+
 def test_divergence_is_explained(tmp_path, capsys):
     ckpt = tmp_path / "ckpt"
     code = train_main(["--lr", "10", "--limit", "6400", "--epochs", "3", "--checkpoint-dir", str(ckpt)])

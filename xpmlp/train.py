@@ -7,7 +7,7 @@ import os
 import shlex
 import subprocess
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -92,6 +92,8 @@ class Plan:
     dataset: Any
     args: argparse.Namespace
     current_epoch: int = 0  # for the Ctrl-C message
+    current_batch_size: int | None = None
+    finished: list[dict[str, Any]] = field(default_factory=list)  # the records of the runs that completed
 
 
 def _check_writable_file(path_text: str, flag: str) -> None:
@@ -256,7 +258,9 @@ def run(plan: Plan, say: Any, progress: bool) -> list[dict[str, Any]]:
     records = []
     for config in configs:
         say(f"\nTraining with batch size {config.batch_size}\n{RULE}")
+        plan.current_batch_size = config.batch_size
         records.append(train_one(plan, config, data, say, progress))
+        plan.finished = list(records)
         if plan.args.json:
             _write_report(plan, records)
     return records
@@ -269,7 +273,9 @@ def _write_report(plan: Plan, records: list[dict[str, Any]]) -> None:
         "device": str(plan.backend.device),
         "dataset": plan.dataset.name,
         "data_source": plan.dataset.source,
-        "config": plan.configs[0].to_dict() | {"batch_sizes": [c.batch_size for c in plan.configs]},
+        # the settings all runs share; each run's own config (its batch size included) is in "runs"
+        "config": {k: v for k, v in plan.configs[0].to_dict().items() if k != "batch_size"}
+        | {"batch_sizes": [c.batch_size for c in plan.configs]},
         "runs": records,
     })
 
@@ -313,16 +319,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _explain_interrupt(plan: Plan, argv: Sequence[str] | None) -> None:
-    epoch = plan.current_epoch
+    """What was interrupted, what is kept, and how to go on."""
+    epoch, args = plan.current_epoch, plan.args
     words = list(sys.argv[1:] if argv is None else argv)
-    if plan.args.checkpoint_dir:
+    where = (f"in epoch {epoch}" if epoch >= 1 else "before the first epoch") + \
+        (f" of batch size {plan.current_batch_size}" if len(plan.configs) > 1 else "")
+    kept = [f"batch size {r['config']['batch_size']} finished" + (f" (saved {r['model']})" if r.get("model") else "")
+            for r in plan.finished]
+    if plan.finished and args.json:
+        kept.append(f"{args.json} holds the finished runs' history")
+    if args.checkpoint_dir:
         command = command_line(["python", "-m", "xpmlp.train", *[w for w in words if w != "--resume"], "--resume"])
-        done = f"epoch {epoch - 1} is checkpointed in {plan.args.checkpoint_dir}" if epoch > 1 else \
-            f"no epoch had finished; checkpoints go to {plan.args.checkpoint_dir}"
-        print(f"\n{PROG}: interrupted in epoch {epoch}; {done}. Resume with: {command}", file=sys.stderr)
+        kept.append(f"epoch {epoch - 1} is checkpointed in {args.checkpoint_dir}" if epoch > 1 else
+                    f"no epoch of this run had finished; checkpoints go to {args.checkpoint_dir}")
+        print(f"\n{PROG}: interrupted {where}; {'; '.join(kept)}. Resume with: {command}", file=sys.stderr)
     else:
-        print(f"\n{PROG}: interrupted in epoch {epoch}; nothing was saved "
-              "(add --checkpoint-dir DIR to make runs resumable)", file=sys.stderr)
+        kept.append("nothing of this run was saved (add --checkpoint-dir DIR to make runs resumable)")
+        print(f"\n{PROG}: interrupted {where}; {'; '.join(kept)}", file=sys.stderr)
 
 
 def command_line(words: list[str], windows: bool = os.name == "nt") -> str:
