@@ -243,3 +243,21 @@ def test_whole_set_hits_for_sets_that_are_not_whole_chunks(backend, n, monkeypat
     hits = training.count_correct(device_params, backend.asarray(x, backend.xp.float64),
                                   backend.asarray(y, backend.xp.int64))
     assert int(to_numpy(hits)) == expected
+
+
+def test_run_epoch_counts_hits_past_255_whatever_the_label_dtype(backend):
+    """The hit count is kept in the index dtype, not the labels' own (uint8 would wrap at 256)."""
+    from xpmlp.training import design_matrix, run_epoch
+
+    xp = backend.xp
+    x = np.random.default_rng(1).random((2000, 20))
+    y = x[:, :10].argmax(axis=1)  # separable: far more than 255 hits in one epoch
+    order = np.random.default_rng(0).permutation(2000)
+    hits = {}
+    for dtype in ("uint8", "int64"):
+        params = model.init_params(0, 20, 32, 10, init="he", xp=xp, device=backend.device)
+        design = design_matrix(backend.asarray(x, xp.float32))
+        _, _, n = run_epoch(params, design, backend.asarray(y.astype(dtype), getattr(xp, dtype)),
+                            backend.asarray(order, xp.int64), 8, 0.05)
+        hits[dtype] = int(to_numpy(n))
+    assert hits["uint8"] == hits["int64"] > 255

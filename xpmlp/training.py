@@ -200,7 +200,7 @@ def run_epoch(
     step = compiled(_gather_and_update, xp, static_argnames=("xp", "lr"))
     tally = compiled(_tally, xp, static_argnames=("batch_size",))
     dev = array_api_compat.device(x)
-    loss_sum, hits = xp.zeros((), dtype=x.dtype, device=dev), xp.zeros((), dtype=labels.dtype, device=dev)
+    loss_sum, hits = xp.zeros((), dtype=x.dtype, device=dev), xp.zeros((), dtype=index_dtype(xp), device=dev)
     folded = design.fold(params)
     pending, pending_from, n = [], 0, x.shape[0]
     for start in range(0, n, batch_size):
