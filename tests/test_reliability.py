@@ -211,6 +211,20 @@ def test_divergence_is_explained(tmp_path, capsys):
     assert "Traceback" not in err
 
 
+def test_a_high_first_loss_on_a_small_run_is_not_called_divergence(capsys):
+    # the seed's N(0,1) start gives an epoch-1 loss of 28.8 here, but the run learns (0.94 by epoch 3)
+    assert train_main(["--limit", "200", "--batch-size", "32", "--epochs", "3"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("Epoch")]
+    assert len(lines) == 3 and float(lines[0].split("Loss: ")[1].split(",")[0]) > 25
+
+
+def test_a_saturated_run_at_chance_diverges_without_a_test_set_too():
+    x = np.random.default_rng(0).random((2000, 784))
+    y = np.arange(2000) % 10  # unlearnable: accuracy stays at chance
+    with pytest.raises(DivergenceError, match="clipping ceiling"):
+        fit(x, y, config=TrainConfig(epochs=2, batch_size=32, hidden=32, lr=10.0))
+
+
 def test_divergence_on_nan_parameters_names_the_epoch():
     x = np.random.default_rng(0).random((64, 784))
     y = np.arange(64) % 10

@@ -19,6 +19,7 @@ from .model import (
 
 EVAL_CHUNK = 10_000
 SATURATED_FRACTION = 0.75  # of the clip's ceiling -log(1e-15) = 34.5; the seed's worst epoch is ~1.4
+CHANCE_FACTOR = 1.5  # "at chance": an accuracy under 1.5 / n_classes (0.15 for 10 classes)
 
 
 @dataclass(frozen=True)
@@ -296,8 +297,10 @@ def train_epochs(
         host = to_numpy(xp.stack(stats)).astype(np.float64)  # the epoch's one device->host read
         seconds = time.perf_counter() - started
         loss = float(host[0]) / (n / config.batch_size)
-        saturated = loss > SATURATED_FRACTION * -math.log(PROB_CLIP)
-        if not (math.isfinite(loss) and math.isfinite(host[2])) or saturated:
+        accuracy = float(host[1]) / n
+        test_accuracy = float(host[3]) / data.x_test.shape[0] if data.x_test is not None else None
+        judged = accuracy if test_accuracy is None else test_accuracy
+        if not (math.isfinite(loss) and math.isfinite(host[2])) or _saturated(loss, judged, params.W2.shape[1]):
             what = (f"the loss is {loss}" if not math.isfinite(loss) else
                     "the parameters overflowed to inf/nan" if not math.isfinite(host[2]) else
                     f"the loss {loss:.2f} is at the clipping ceiling -log(1e-15) = 34.5 (predictions saturated, "
@@ -307,8 +310,15 @@ def train_epochs(
                 f"use a smaller learning rate than {config.lr} or --init he",
                 epoch,
             )
-        test_accuracy = float(host[3]) / data.x_test.shape[0] if data.x_test is not None else None
-        yield EpochReport(epoch, config.epochs, loss, float(host[1]) / n, test_accuracy, seconds, params)
+        yield EpochReport(epoch, config.epochs, loss, accuracy, test_accuracy, seconds, params)
+
+
+def _saturated(loss: float, accuracy: float, n_classes: int) -> bool:
+    """A blown-up run: the loss at the clip's ceiling and the accuracy at chance. The loss alone is
+    not enough: the seed's N(0,1) start also gives an epoch-1 loss of 25-29 on a few hundred samples
+    (--limit 200), while the accuracy is already 0.22 on them and 0.51 on the test set; --lr 10 gives
+    ~30 at 0.10 on both."""
+    return loss > SATURATED_FRACTION * -math.log(PROB_CLIP) and accuracy < CHANCE_FACTOR / n_classes
 
 
 def check_inputs(x: Any, labels: Any, n_features: int | None = None, n_classes: int = 10,
