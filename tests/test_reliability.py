@@ -89,6 +89,27 @@ def test_resume_with_a_different_config_names_the_fields(tmp_path, capsys):
     assert "epochs" not in err.split("differing:")[1]  # more epochs is allowed: training continues
 
 
+def test_a_sweep_checks_every_runs_checkpoint_before_training_any(tmp_path, capsys):
+    ckpt = tmp_path / "ckpt"
+    base = ["--limit", "640", "--hidden", "8", "--checkpoint-dir", str(ckpt), "--epochs", "1"]
+    assert train_main([*base, "--batch-size", "64"]) == 0
+    assert train_main([*base, "--batch-size", "32", "--lr", "0.02"]) == 0  # batch 32: another lr
+    capsys.readouterr()
+    # resuming the sweep 64,32 at lr 0.01: batch 32's checkpoint is another run, refused up front
+    assert train_main([*base[:-1], "2", "--batch-sizes", "64,32", "--resume"]) == 2
+    captured = capsys.readouterr()
+    assert "lr (checkpoint 0.02, now 0.01)" in captured.err
+    assert captured.out == ""  # no header, no epoch of batch 64 trained first
+
+
+def test_resuming_a_finished_run_says_there_is_nothing_left(tmp_path, capsys):
+    base = ["--limit", "640", "--hidden", "8", "--checkpoint-dir", str(tmp_path / "ckpt"), "--epochs", "1"]
+    assert train_main(base) == 0
+    capsys.readouterr()
+    assert train_main([*base, "--resume"]) == 0
+    assert "nothing left to train" in capsys.readouterr().err
+
+
 def test_resume_can_extend_training(tmp_path, capsys):
     ckpt = tmp_path / "ckpt"
     base = ["--limit", "640", "--hidden", "8", "--checkpoint-dir", str(ckpt)]

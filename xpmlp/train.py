@@ -93,6 +93,7 @@ class Plan:
     args: argparse.Namespace
     current_epoch: int = 0  # for the Ctrl-C message
     current_batch_size: int | None = None
+    resume_from: dict[int, Any] = field(default_factory=dict)  # batch size -> the checkpoint to resume
     finished: list[dict[str, Any]] = field(default_factory=list)  # the records of the runs that completed
 
 
@@ -152,7 +153,11 @@ def make_plan(args: argparse.Namespace, log: Any) -> Plan:
             _check_writable_file(str(_save_path(args.save, size, len(sizes) > 1)), "--save")
     if args.checkpoint_dir and not args.resume:
         _refuse_earlier_checkpoints(Path(args.checkpoint_dir), sizes)
-    return Plan(configs, backend, dataset, args)
+    plan = Plan(configs, backend, dataset, args)
+    if args.resume:  # every run's checkpoint is found and checked now, not after the sweep's first runs
+        for config in configs:
+            plan.resume_from[config.batch_size] = _checkpoint_to_resume(args, config, _run_identity(config, dataset), log)
+    return plan
 
 
 def _refuse_earlier_checkpoints(folder: Path, sizes: list[int]) -> None:
@@ -184,11 +189,13 @@ def train_one(plan: Plan, config: TrainConfig, data: Any, say: Any, progress: bo
     """One training run (one batch size): resume if asked, print, checkpoint, save; its JSON record."""
     args, backend = plan.args, plan.backend
     run = _run_identity(config, plan.dataset)
-    checkpoint = _checkpoint_to_resume(args, config, run, say) if args.resume else None
+    checkpoint = plan.resume_from.get(config.batch_size)
     if checkpoint is not None:
         params = params_to(checkpoint.params, backend.xp, config.dtype, backend.device)
         rng, history, start_epoch = restore_rng(checkpoint.rng_state), checkpoint.history, checkpoint.epoch
-        say(f"xpmlp: resuming from {checkpoint.path} (epoch {start_epoch} of {config.epochs})", err=True)
+        left = ("nothing left to train: the run is complete; raise --epochs to train longer"
+                if start_epoch >= config.epochs else f"{config.epochs - start_epoch} epoch(s) to go")
+        say(f"xpmlp: resuming from {checkpoint.path} (epoch {start_epoch} of {config.epochs}; {left})", err=True)
         for record in history:
             say(EpochReport(record["epoch"], config.epochs, record["loss"], record["accuracy"],
                             record["test_accuracy"], record["seconds"], params).line())
@@ -228,14 +235,13 @@ def train_one(plan: Plan, config: TrainConfig, data: Any, say: Any, progress: bo
     return record
 
 
-def _checkpoint_to_resume(args: argparse.Namespace, config: TrainConfig, run: dict[str, Any], say: Any) -> Any:
+def _checkpoint_to_resume(args: argparse.Namespace, config: TrainConfig, run: dict[str, Any], log: Any) -> Any:
     """The newest valid checkpoint of this run (damaged ones reported), checked to be the same run."""
     checkpoint, skipped = latest_checkpoint(Path(args.checkpoint_dir), config.batch_size)
     for note in skipped:
-        say(f"xpmlp: skipped damaged checkpoint: {note}", err=True)
+        log(f"xpmlp: skipped damaged checkpoint: {note}")
     if checkpoint is None:
-        say(f"xpmlp: no checkpoint of batch size {config.batch_size} in {args.checkpoint_dir}; starting fresh",
-            err=True)
+        log(f"xpmlp: no checkpoint of batch size {config.batch_size} in {args.checkpoint_dir}; starting fresh")
         return None
     check_same_run(checkpoint, run)
     return checkpoint
