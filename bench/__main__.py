@@ -288,8 +288,10 @@ def run_rounds(args, workers: dict, rows: dict, skipped: dict, sizes: list[int],
                         order.remove(name)
                         continue
                     rows[name]["epochs"].setdefault(bs, []).append({**res, "warmup": warm})
+                    trains = rows[name]["info"].get("trains", True)
+                    trained = f"loss {res['loss']:.4f}  acc {res['accuracy']:.4f}" if trains else "(a bound: trains nothing)"
                     log(f"round {rnd + 1}/{total}{' (warm-up)' if warm else ''} b{bs:<3d} "
-                        f"{name:24s} {res['seconds']:7.3f} s  loss {res['loss']:.4f}  acc {res['accuracy']:.4f}")
+                        f"{name:24s} {res['seconds']:7.3f} s  {trained}")
             _collect_stats(workers, rows)
             if not warm and rnd + 1 < total:
                 checkpoint()

@@ -319,8 +319,9 @@ def main(argv=None) -> int:
     add_seed_ratios(result["records"])
     result["targets"] = targets(result["records"])
     write_text(args.result.with_suffix(".md"), markdown(result))
-    plot(result, args.result.with_suffix(".png"))
-    print(f"wrote {args.result.with_suffix('.md')}")
+    plotted = plot(result, args.result.with_suffix(".png"))
+    print(f"wrote {args.result.with_suffix('.md')}" + (f" and {args.result.with_suffix('.png')}" if plotted else
+                                                        " (no plot: matplotlib missing)"))
     return 0
 
 

@@ -191,3 +191,11 @@ def test_the_resume_hint_is_quoted_for_the_users_shell():
     assert command_line(words, windows=True) == 'python -m xpmlp.train --checkpoint-dir "C:\\Users\\Ann Lee\\ck" --resume'
     assert command_line(words[:4] + ["/home/ann lee/ck"], windows=False) == \
         "python -m xpmlp.train --checkpoint-dir '/home/ann lee/ck'"
+
+
+def test_save_adds_npz_like_np_savez_and_says_where_it_wrote(tmp_path, capsys):
+    assert main(["--limit", "256", "--hidden", "8", "--epochs", "1", "--save", str(tmp_path / "mymodel"),
+                 "--json", str(tmp_path / "run.json")]) == 0
+    err = capsys.readouterr().err
+    assert (tmp_path / "mymodel.npz").exists() and not (tmp_path / "mymodel").exists()
+    assert f"saved the model to {tmp_path / 'mymodel.npz'}" in err and f"wrote the run report to {tmp_path / 'run.json'}" in err

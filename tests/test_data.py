@@ -357,7 +357,7 @@ def test_npz_wrong_image_dtype(tmp_path):
     arrays["x_train"] = arrays["x_train"].astype(np.float32)
     path = tmp_path / "m.npz"
     np.savez(path, **arrays)
-    with pytest.raises(DataError, match=r"m\.npz\[x_train\]: images must be uint8, got float32"):
+    with pytest.raises(DataError, match=r"m\.npz\[x_train\]: images must be uint8 pixel codes 0\.\.255, got float32; store the raw"):
         load_npz(path)
 
 
@@ -385,7 +385,7 @@ def test_npz_flat_images_rejected(tmp_path):
     arrays["x_train"] = arrays["x_train"].reshape(6, 6)
     path = tmp_path / "m.npz"
     np.savez(path, **arrays)
-    with pytest.raises(DataError, match=r"images must be 3-D \(N, rows, cols\), got shape \(6, 6\)"):
+    with pytest.raises(DataError, match=r"images must be 3-D \(N, rows, cols\), got shape \(6, 6\); store them as in keras"):
         load_npz(path)
 
 

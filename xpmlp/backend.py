@@ -155,7 +155,8 @@ BACKENDS: dict[str, BackendSpec] = {
                     lambda np_, device: "cpu", lambda np_, device: np_.zeros(1)),
         BackendSpec("cupy", "cupy", "pip install 'xpmlp[cuda12]' (or [cuda13])", _check_cupy,
                     lambda cupy, device: cupy.cuda.Device(_cupy_device_index(device)), _cupy_probe),
-        BackendSpec("torch", "torch", "pip install 'xpmlp[torch]'", _check_torch,
+        BackendSpec("torch", "torch", "pip install torch --index-url https://download.pytorch.org/whl/cpu "
+                    "(the CPU build; 'xpmlp[torch]' pulls the CUDA one)", _check_torch,
                     lambda torch, device: torch.device(device or "cpu"),
                     lambda torch, device: torch.zeros(1, device=device)),
         BackendSpec("array_api_strict", "array_api_strict", "pip install array-api-strict",

@@ -188,9 +188,11 @@ def _check_digest(file: Path, actual: str, expected_digests: dict[str, str], sum
 
 def _check_images(x: np.ndarray, source: str) -> None:
     if x.ndim != 3:
-        raise DataError(f"{source}: images must be 3-D (N, rows, cols), got shape {x.shape}")
+        raise DataError(f"{source}: images must be 3-D (N, rows, cols), got shape {x.shape}; store them as "
+                        "in keras' mnist.npz, e.g. x.reshape(-1, 28, 28)")
     if x.dtype != np.uint8:
-        raise DataError(f"{source}: images must be uint8, got {x.dtype}")
+        raise DataError(f"{source}: images must be uint8 pixel codes 0..255, got {x.dtype}; store the raw "
+                        "pixels (xpmlp divides by 255 itself), e.g. (x * 255).round().astype('uint8')")
     if x.shape[0] == 0:
         raise DataError(f"{source}: contains no images")
 

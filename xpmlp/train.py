@@ -156,7 +156,8 @@ def make_plan(args: argparse.Namespace, log: Any) -> Plan:
     plan = Plan(configs, backend, dataset, args)
     if args.resume:  # every run's checkpoint is found and checked now, not after the sweep's first runs
         for config in configs:
-            plan.resume_from[config.batch_size] = _checkpoint_to_resume(args, config, _run_identity(config, dataset), log)
+            run = _run_identity(config, dataset)
+            plan.resume_from[config.batch_size] = _checkpoint_to_resume(args, config, run, log)
     return plan
 
 
@@ -172,8 +173,12 @@ def _refuse_earlier_checkpoints(folder: Path, sizes: list[int]) -> None:
 
 
 def _save_path(save: str, batch_size: int, sweep: bool) -> Path:
+    """Where a run's model goes: --save, with .npz added if it has no suffix (as np.savez does); in
+    a sweep, PATH-bsB.npz for each batch size B."""
     path = Path(save)
-    return path.with_name(f"{path.stem}-bs{batch_size}{path.suffix or '.npz'}") if sweep else path
+    if not path.suffix:
+        path = path.with_suffix(".npz")
+    return path.with_name(f"{path.stem}-bs{batch_size}{path.suffix}") if sweep else path
 
 
 def _run_identity(config: TrainConfig, dataset: Any) -> dict[str, Any]:
@@ -232,6 +237,7 @@ def train_one(plan: Plan, config: TrainConfig, data: Any, say: Any, progress: bo
         save_model(path, params, {"config": config.to_dict(), "dataset": plan.dataset.name,
                                   "backend": backend.name, "device": str(backend.device), "history": history})
         record["model"] = str(path)
+        say(f"xpmlp: saved the model to {path}", err=True)
     return record
 
 
@@ -269,6 +275,8 @@ def run(plan: Plan, say: Any, progress: bool) -> list[dict[str, Any]]:
         plan.finished = list(records)
         if plan.args.json:
             _write_report(plan, records)
+    if plan.args.json:
+        say(f"xpmlp: wrote the run report to {plan.args.json}", err=True)
     return records
 
 

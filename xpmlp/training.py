@@ -64,7 +64,7 @@ def validate_config(config: TrainConfig, n_train: int | None = None) -> None:
         if used < config.batch_size:
             raise ConfigError(
                 f"{used} training samples leave no full batch of {config.batch_size}; "
-                "raise --limit or lower --batch-size"
+                "use more samples (--limit) or a smaller batch size"
             )
 
 
