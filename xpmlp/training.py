@@ -175,8 +175,7 @@ def _columns_then_ones(xp: Any, x: Any, columns: Any) -> Any:
         return with_ones_column(xp.take(x, columns, axis=1))
     n, k = x.shape[0], columns.shape[0]
     out = xp.empty((n, k + 1), dtype=x.dtype, device=array_api_compat.device(x))
-    for start in range(0, n, EVAL_CHUNK):
-        stop = min(start + EVAL_CHUNK, n)  # a stop past the end is unspecified by the standard
+    for start, stop in chunk_bounds(n):
         out[start:stop, :k] = xp.take(x[start:stop, ...], columns, axis=1)
     out[:, k] = 1.0
     return out
@@ -244,12 +243,18 @@ def _tally(loss_sum: Any, hits: Any, batch_probs: list, labels: Any, batch_size:
     return loss_sum, hits + xp.astype(xp.count_nonzero(xp.argmax(probs, axis=1) == labels), hits.dtype)
 
 
+def chunk_bounds(n: int) -> Iterator[tuple[int, int]]:
+    """``(start, stop)`` of ``EVAL_CHUNK``-row slices covering ``n`` rows; the last stop is ``n``,
+    never past it (a slice past the end is unspecified by the standard; array-api-strict refuses it)."""
+    for start in range(0, n, EVAL_CHUNK):
+        yield start, min(start + EVAL_CHUNK, n)
+
+
 def sum_over_chunks(per_chunk: Callable[[Any, Any], Any], x: Any, labels: Any) -> Any:
     """The sum of ``per_chunk(x_chunk, labels_chunk)`` over a whole set, ``EVAL_CHUNK`` rows at a
     time to bound memory; stays on the device."""
-    total, n = None, x.shape[0]
-    for start in range(0, n, EVAL_CHUNK):
-        stop = min(start + EVAL_CHUNK, n)  # a stop past the end is unspecified by the standard
+    total = None
+    for start, stop in chunk_bounds(x.shape[0]):
         part = per_chunk(x[start:stop, ...], labels[start:stop])
         total = part if total is None else total + part
     return total
