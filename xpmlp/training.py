@@ -195,12 +195,13 @@ def run_epoch(
     """
     x = design.x
     xp = namespace(x, labels)
+    labels = as_index(xp, labels)  # any integer dtype: the hit count below is kept in it and must not wrap
     y_epoch = xp.take(labels, order, axis=0)
     targets = one_hot(y_epoch, params.W2.shape[1], x.dtype)
     step = compiled(_gather_and_update, xp, static_argnames=("xp", "lr"))
     tally = compiled(_tally, xp, static_argnames=("batch_size",))
     dev = array_api_compat.device(x)
-    loss_sum, hits = xp.zeros((), dtype=x.dtype, device=dev), xp.zeros((), dtype=index_dtype(xp), device=dev)
+    loss_sum, hits = xp.zeros((), dtype=x.dtype, device=dev), xp.zeros((), dtype=labels.dtype, device=dev)
     folded = design.fold(params)
     pending, pending_from, n = [], 0, x.shape[0]
     for start in range(0, n, batch_size):
@@ -263,7 +264,7 @@ def sum_over_chunks(per_chunk: Callable[[Any, Any], Any], x: Any, labels: Any) -
 def count_correct(params: Params, x: Any, labels: Any) -> Any:
     """Hits of ``predict`` over a whole set; a 0-d device array."""
     xp = namespace(x, labels)
-    return sum_over_chunks(lambda xb, yb: xp.count_nonzero(predict(params, xb) == yb), x, labels)
+    return sum_over_chunks(lambda xb, yb: xp.count_nonzero(predict(params, xb) == yb), x, as_index(xp, labels))
 
 
 def train_epochs(
@@ -397,10 +398,6 @@ def fit(
         backend_of(x_train, x_test)
     if params is not None:
         check_params(params, x_train)
-    xp = backend.xp
-    # labels in the index dtype once: a uint8 hit count would wrap, torch gathers with int64 only
-    y_train = as_index(xp, y_train)
-    y_test = as_index(xp, y_test) if y_test is not None else None
     rng = np.random.Generator(np.random.PCG64(config.seed))
     dtype = _dtype_name(x_train.dtype)
     if params is None:
