@@ -94,7 +94,7 @@ class Plan:
     current_epoch: int = 0  # for the Ctrl-C message
     current_batch_size: int | None = None
     resume_from: dict[int, Any] = field(default_factory=dict)  # batch size -> the checkpoint to resume
-    finished: list[dict[str, Any]] = field(default_factory=list)  # the records of the runs that completed
+    finished: list[dict[str, Any]] = field(default_factory=list)  # the JSON records of the runs done so far
 
 
 def _check_writable_file(path_text: str, flag: str) -> None:
@@ -128,8 +128,11 @@ def _check_checkpoint_dir(args: argparse.Namespace) -> None:
 
 def make_plan(args: argparse.Namespace, log: Any) -> Plan:
     """Everything that can fail before training: names, paths, backend, data, config."""
+    sizes = args.batch_sizes or [args.batch_size]
     if args.save:
         _check_writable_file(args.save, "--save")
+        for size in sizes:  # a sweep writes one file per batch size: check each name, not just --save
+            _check_writable_file(str(_save_path(args.save, size, len(sizes) > 1)), "--save")
     if args.json:
         _check_writable_file(args.json, "--json")
     _check_checkpoint_dir(args)
@@ -142,15 +145,11 @@ def make_plan(args: argparse.Namespace, log: Any) -> Plan:
     if backend.name == "jax" and args.dtype == "float64":
         backend.module.config.update("jax_enable_x64", True)
     dataset = load_dataset(args.dataset, args.data_dir)
-    sizes = args.batch_sizes or [args.batch_size]
     base = TrainConfig(epochs=args.epochs, batch_size=sizes[0], hidden=args.hidden, lr=args.lr, dtype=args.dtype,
                        init=args.init, seed=args.seed, limit=args.limit)
     configs = [replace(base, batch_size=size) for size in sizes]
     for config in configs:
         validate_config(config, dataset.x_train.shape[0])
-    if args.save:
-        for size in sizes:  # a sweep writes one file per batch size: check each name, not just --save
-            _check_writable_file(str(_save_path(args.save, size, len(sizes) > 1)), "--save")
     if args.checkpoint_dir and not args.resume:
         _refuse_earlier_checkpoints(Path(args.checkpoint_dir), sizes)
     plan = Plan(configs, backend, dataset, args)
@@ -267,12 +266,11 @@ def run(plan: Plan, say: Any, progress: bool) -> list[dict[str, Any]]:
         f"{_n_train(configs[0], dataset)} training / {dataset.x_test.shape[0]} test samples",
         err=True)
     data = to_device_data(dataset, backend, configs[0].dtype, configs[0].limit)
-    records = []
+    records = plan.finished  # the Ctrl-C message reads what has finished
     for config in configs:
         say(f"\nTraining with batch size {config.batch_size}\n{RULE}")
         plan.current_batch_size = config.batch_size
         records.append(train_one(plan, config, data, say, progress))
-        plan.finished = list(records)
         if plan.args.json:
             _write_report(plan, records)
     if plan.args.json:
