@@ -7,7 +7,9 @@
 # tqdm come from the wheels committed in bench/wheels/ (pure-Python, so any CPython 3 works). The package need not be
 # installed: the repo root goes on PYTHONPATH. Without a GPU it says so, skips the GPU parts and
 # runs the CPU rows quickly (--quick at batch 64) instead, exiting 0. Everything (logs, JSON,
-# Markdown, PNG) lands in OUT_DIR. Budget: under 8 minutes in all.
+# Markdown, PNG, the per-call probe) lands in OUT_DIR. Budget: under 8 minutes in all.
+# The device tool brings back at most 8 files from OUT_DIR, and on a GPU this writes exactly 8:
+# gpu_check.log environment.txt pytest-gpu.log bench.log gpu.json gpu.md gpu.png gpu-probe.json.
 set -euo pipefail
 
 OUT=${1:?usage: bash bench/gpu_check.sh OUT_DIR}
@@ -100,8 +102,14 @@ tail -n 3 "$OUT/pytest-gpu.log" | tee -a "$OUT/gpu_check.log"
 # 3. the GPU benchmark rows + the seed on the CPU at batch 64
 log "benchmark: GPU rows at batch 8,32,64 (full MNIST), seed CPU baseline at 64"
 # the bench writes its JSON and Markdown after every timed round, so a timeout still leaves results
-timeout "$(cap 330 5)" "$PY" -m bench --gpu --batch-sizes 8,32,64 --seed-batch-sizes 64 --out "$OUT" --tag gpu \
+timeout "$(cap 330 30)" "$PY" -m bench --gpu --batch-sizes 8,32,64 --seed-batch-sizes 64 --out "$OUT" --tag gpu \
   > "$OUT/bench.log" 2>&1 || { rc=$?; status=1; log "benchmark failed (exit $rc), see $OUT/bench.log"; }
 [[ -f "$OUT/gpu.md" ]] && grep -A 30 '^| impl' "$OUT/gpu.md" | tee -a "$OUT/gpu_check.log" || true
+
+# 4. last, so it never squeezes the above: per-call costs of CuPy and PyTorch, and whether CuPy can
+#    capture the step's kernels in a CUDA graph (what to try if xpmlp-cupy loses at batch 64)
+log "probe: per-call cost in cupy and torch, cupy graph capture"
+timeout "$(cap 40)" "$PY" -m bench.gpu_probe "$OUT" 2>&1 | tee -a "$OUT/gpu_check.log" \
+  || log "probe failed or timed out (not counted against the check)"
 log "done (exit $status); results in $OUT"
 exit $status

@@ -233,3 +233,82 @@ def test_results_are_written_after_every_timed_round(tmp_path, monkeypatch):
     # rounds 2 and 3 are timed and not the last: one partial write each, then the final one
     assert seen == [(False, 2), (False, 4), (True, 6)]
     assert "stopped" not in json.loads((tmp_path / "t.json").read_text())
+
+
+# --- bench.gpu_probe: the per-call costs and the graph-capture check gpu_check.sh runs last -------
+
+
+def test_gpu_probe_without_a_gpu_writes_why_and_exits_0(tmp_path, capsys):
+    import json
+
+    from bench import gpu_probe
+
+    assert gpu_probe.main([str(tmp_path)]) == 0
+    found = json.loads((tmp_path / "gpu-probe.json").read_text())
+    assert set(found) == {"cupy", "torch"}
+    for library, result in found.items():
+        assert result["usable"] is False and result["why"], library  # no GPU here, and it says why
+    assert capsys.readouterr().out.count("not usable") == 2
+    assert gpu_probe.main([]) == 2
+
+
+class _FakeGraph:
+    def __init__(self, work):
+        self.work = work
+
+    def launch(self, stream=None):
+        self.work()
+
+
+class _FakeStream:
+    """Records the calls between begin_capture and end_capture, as CUDA's stream capture does."""
+
+    def __init__(self):
+        self.capturing, self.captured = False, None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def begin_capture(self):
+        self.capturing = True
+
+    def end_capture(self):
+        return _FakeGraph(self.captured)
+
+    def synchronize(self):
+        pass
+
+
+def test_gpu_probe_reports_a_refused_capture_as_a_finding_not_a_crash():
+    from types import SimpleNamespace
+
+    from bench import gpu_probe
+
+    def fake_cp(refuse):
+        stream = _FakeStream()
+        state = {"n": 0}
+
+        def work():
+            if refuse and stream.capturing:
+                raise RuntimeError("cuBLAS is not supported during stream capture")
+            state["n"] += 1
+            return np.ones(3)
+
+        stream.captured = work
+        cp = SimpleNamespace(cuda=SimpleNamespace(Stream=lambda **_: stream), allclose=np.allclose)
+        return cp, work, state
+
+    cp, work, state = fake_cp(refuse=False)
+    outcome = gpu_probe._capture_cupy(cp, work, np.ones(3))
+    # the work runs once to warm the pool, once under capture (the fake runs it), then 1 + 100 replays
+    assert outcome["ok"] is True and outcome["us_per_replay"] >= 0 and state["n"] == 1 + 1 + 1 + 100
+    cp, work, _ = fake_cp(refuse=True)
+    outcome = gpu_probe._capture_cupy(cp, work, np.ones(3))
+    assert outcome == {"ok": False, "error": "RuntimeError: cuBLAS is not supported during stream capture"}
+    lines = gpu_probe.summary({"cupy": {"usable": True, "version": "14.2", "us_per_call": {"matmul": 9.5},
+                                        "graph_capture": {"matmul": outcome}}})
+    assert lines == ["cupy 14.2: per call matmul 9.5 us",
+                     "  graph capture of matmul: FAILED (RuntimeError: cuBLAS is not supported during stream capture)"]
