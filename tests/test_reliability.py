@@ -358,6 +358,18 @@ def test_evaluate_reports_what_training_printed(tmp_path, capsys):
     assert result["samples"] == 10000 and 0 < result["loss"] < 35
     assert evaluate_main([str(tmp_path / "missing.npz")]) == 2
     assert "no such file" in capsys.readouterr().err
+    # xpmlp-train's --json takes a PATH; this one prints: a PATH after it is refused with that hint,
+    # in one line and status 2, and nothing is written there
+    for argv in ([str(model), "--json", str(tmp_path / "out.json")], ["--json", str(tmp_path / "out.json"), str(model)]):
+        with pytest.raises(SystemExit) as stop:
+            evaluate_main(argv)
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and err.count("\n") == 1 and "takes no PATH" in err, argv
+        assert not (tmp_path / "out.json").exists()
+    with pytest.raises(SystemExit) as stop:
+        evaluate_main([str(model), "--bogus"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "unrecognized arguments: --bogus" in err and "PATH" not in err
 
 
 X = np.random.default_rng(0).random((64, 784))

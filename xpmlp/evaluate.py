@@ -29,8 +29,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", default=None, metavar="PATH", help="IDX folder or .npz; overrides --dataset")
     parser.add_argument("--split", choices=("test", "train"), default="test",
                         help="which split to score (default: %(default)s)")
-    parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    parser.add_argument("--json", action="store_true",
+                        help="print the result as one JSON object on stdout (to keep it: --json > result.json)")
     return parser
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The parsed command line; an extra word after ``--json`` gets a hint, since xpmlp-train's
+    ``--json`` takes a PATH and this one prints to stdout."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        hint = ("; here --json takes no PATH: it prints the JSON to stdout, so redirect that to a file"
+                if args.json and not any(word.startswith("-") for word in extra) else "")
+        parser.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
+    return args
 
 
 def evaluate(params: Any, x: Any, labels: Any) -> tuple[float, float]:
@@ -46,7 +59,7 @@ def evaluate(params: Any, x: Any, labels: Any) -> tuple[float, float]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     try:
         backend = get_backend(args.backend, args.device)
         host, meta = load_model(args.model)
