@@ -261,3 +261,42 @@ def test_run_epoch_counts_hits_past_255_whatever_the_label_dtype(backend):
                             backend.asarray(order, xp.int64), 8, 0.05)
         hits[dtype] = int(to_numpy(n))
     assert hits["uint8"] == hits["int64"] > 255
+
+
+SKIPS_ZERO_COLUMNS = {"numpy": True, "torch": True, "array_api_strict": False, "jax": False, "cupy": False}
+
+
+def test_the_column_skipping_step_is_the_dense_step(backend):
+    """Where ``run_epoch`` takes ``_step_on_used_columns`` (NumPy, torch on the CPU), it gives the
+    dense step's parameters and probabilities up to summation order, and leaves the rows of W1b
+    whose column is zero in the whole batch bit for bit as they were. Elsewhere (a GPU, JAX's fixed
+    shapes, array-api-strict's lack of integer-indexed writes) the dense step runs."""
+    from xpmlp.backend import index_dtype, skips_zero_columns
+    from xpmlp.training import _gather_and_update, _step_on_used_columns, design_matrix
+
+    xp = backend.xp
+    rng = np.random.default_rng(4)
+    x = rng.random((40, 60))
+    x[x < 0.8] = 0.0  # sparse rows: a batch of 8 leaves ~17% of the columns all zero
+    design = design_matrix(backend.asarray(x, xp.float64))
+    on_gpu = "cuda" in str(backend.device).lower() or backend.name == "cupy"
+    assert skips_zero_columns(design.x) is (SKIPS_ZERO_COLUMNS[backend.name] and not on_gpu)
+    if not skips_zero_columns(design.x):
+        return
+    params = model.init_params(2, 60, 12, 10, init="he", dtype="float64", xp=xp, device=backend.device)
+    folded = design.fold(params)
+    before = to_numpy(folded.W1b).copy()
+    rows = np.arange(8, 16)
+    batch_x = to_numpy(design.x)[rows]
+    unused = np.flatnonzero(~batch_x.any(axis=0))
+    assert unused.size >= 3 and batch_x[:, -1].all()  # some columns to skip; the ones column never is
+    order = backend.asarray(rows, index_dtype(xp))
+    targets = model.one_hot(backend.asarray(rng.integers(0, 10, 8), xp.int64), 10, xp.float64)
+    dense, dense_probs = _gather_and_update(folded, design.x, order, targets, xp, 0.05)
+    skipped, probs = _step_on_used_columns(folded, design.x, order, targets, xp, 0.05)
+    for got, want in zip(skipped, dense):
+        want = to_numpy(want)
+        np.testing.assert_allclose(to_numpy(got), want, rtol=0, atol=_tol(backend) * np.abs(want).max())
+    np.testing.assert_allclose(to_numpy(probs), to_numpy(dense_probs), rtol=0, atol=_tol(backend))
+    np.testing.assert_array_equal(to_numpy(skipped.W1b)[unused], before[unused])
+    assert np.abs(to_numpy(skipped.W1b) - before).max(axis=1)[np.setdiff1d(np.arange(before.shape[0]), unused)].min() > 0

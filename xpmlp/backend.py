@@ -305,6 +305,17 @@ def _jax_jit(fn: Callable, static_argnames: tuple[str, ...]) -> Callable:
     return jax.jit(fn, static_argnames=static_argnames)  # cached: one trace per shape, not per epoch
 
 
+def skips_zero_columns(x: Any) -> bool:
+    """Whether a training step on ``x``'s library may multiply only the columns its batch uses
+    (``training._step_on_used_columns``). That step has a batch-dependent shape and scatters the
+    updated rows of W1 in place, so it needs a library that finds nonzeros without a device sync and
+    writes integer-indexed rows (not in the standard: array-api-strict refuses it), on arrays that
+    can be written: NumPy, and PyTorch on the CPU. Elsewhere the step stays dense: on a GPU
+    ``nonzero`` would read the device every step, and JAX compiles fixed shapes."""
+    name = _name_of(x)
+    return (name == "numpy" or (name == "torch" and x.device.type == "cpu")) and array_api_compat.is_writeable_array(x)
+
+
 def index_dtype(xp: Any) -> Any:
     """The namespace's default integer for indices and labels (int32 on JAX without x64)."""
     return xp.__array_namespace_info__().default_dtypes()["indexing"]

@@ -10,7 +10,7 @@ from typing import Any, Callable, Iterator, NamedTuple
 import array_api_compat
 import numpy as np
 
-from .backend import Backend, backend_of, compiled, index_dtype, namespace, to_numpy
+from .backend import Backend, backend_of, compiled, index_dtype, namespace, skips_zero_columns, to_numpy
 from .errors import ConfigError, DivergenceError, InputError
 from .model import (
     DTYPES, INITS, PROB_CLIP, FoldedParams, Params, as_index, descend, fold_bias, init_params, one_hot, predict,
@@ -198,7 +198,7 @@ def run_epoch(
     labels = as_index(xp, labels)  # any integer dtype: the hit count below is kept in it and must not wrap
     y_epoch = xp.take(labels, order, axis=0)
     targets = one_hot(y_epoch, params.W2.shape[1], x.dtype)
-    step = compiled(_gather_and_update, xp, static_argnames=("xp", "lr"))
+    step = _step_on_used_columns if skips_zero_columns(x) else compiled(_gather_and_update, xp, static_argnames=("xp", "lr"))
     tally = compiled(_tally, xp, static_argnames=("batch_size",))
     dev = array_api_compat.device(x)
     loss_sum, hits = xp.zeros((), dtype=x.dtype, device=dev), xp.zeros((), dtype=labels.dtype, device=dev)
@@ -225,6 +225,23 @@ def _gather_and_update(params: FoldedParams, x: Any, batch_order: Any, targets: 
     the compiled step. ``xp`` is the namespace, taken once per epoch."""
     probs, steps = scaled_grads(xp, params, xp.take(x, batch_order, axis=0), targets, lr)
     return descend(params, steps), probs
+
+
+def _step_on_used_columns(params: FoldedParams, x: Any, batch_order: Any, targets: Any, xp: Any,
+                          lr: float) -> tuple[FoldedParams, Any]:
+    """``_gather_and_update`` with both big products taken over only the columns that are nonzero
+    in some row of the batch (the ones column always is). A column that is zero in the whole batch
+    adds exactly nothing to ``x @ W1b`` and gets an exactly zero gradient row, so its row of W1b is
+    left as it is, and the step is the dense one's up to summation order. A batch of 64 MNIST
+    images uses ~494 of the 718 columns, one of 8 ~365. W1b is updated in place (the loop owns it:
+    ``DesignMatrix.fold`` made it), which backend.skips_zero_columns allows only where that works."""
+    batch = xp.take(x, batch_order, axis=0)
+    used = xp.nonzero(xp.any(batch != 0, axis=0))[0]
+    rows = xp.take(params.W1b, used, axis=0)
+    probs, steps = scaled_grads(xp, params._replace(W1b=rows), xp.take(batch, used, axis=1), targets, lr)
+    W1b = params.W1b
+    W1b[used] = rows - steps.W1b
+    return FoldedParams(W1b, params.W2 - steps.W2, params.b2 - steps.b2), probs
 
 
 TALLY_EVERY = 64  # batches per tally: bounds what is kept, and on JAX the operands of one concat
