@@ -232,7 +232,7 @@ class NumpyFast(_SkipsZeroColumns, _NumpyGemm, Impl):
         for start in range(0, n_total, batch_size):
             stop = min(start + batch_size, n_total)
             xb = X.take(order[start:stop], axis=0)
-            used = np.flatnonzero(xb.any(axis=0))
+            used = np.flatnonzero((xb != 0).any(axis=0))  # 5.0 us; xb.any(axis=0) 6.0
             xb, rows = xb.take(used, axis=1), W1b.take(used, axis=0)
             z = xb @ rows
             active = (z > 0).astype(z.dtype)
@@ -269,9 +269,10 @@ class MatmulFloor(_NumpyGemm, Impl):
     """Not a trainer: per batch only the forward product ``x @ W1b``, the gradient product
     ``x.T @ d`` and the update ``W1b = W1b - step`` (``d`` a fixed (B, H) matrix), on the design
     matrix xpmlp trains on (the pixel columns that are nonzero somewhere, then ones); no gather, no
-    nonlinearity, no small products. Every SGD epoch of this model on those columns in NumPy does at
-    least this, so its time bounds what any such NumPy loop can reach with this BLAS: its '× seed'
-    is the ceiling for the speed-up targets. The update is functional because that is the faster
+    nonlinearity, no small products. Every SGD epoch of this model in NumPy that multiplies all of
+    those columns does at least this, so its time bounds what such a dense loop can reach with this
+    BLAS. Loops that skip each batch's all-zero columns (xpmlp on NumPy, numpy_fast) multiply ~31%
+    (batch 64) to ~49% (batch 8) less and can go below it. The update is functional because that is the faster
     form here (in place measured 0.51 s vs 0.44 s per epoch at batch 64 on the 2-core machine,
     Haswell-kernel OpenBLAS)."""
 
