@@ -92,7 +92,7 @@ def test_the_step_is_compiled_only_where_a_compiler_pays(backend):
         assert step is train_step
 
 
-# NumPy's namespace: array-api-compat's, with max/sum/take bound to the ndarray methods (faster
+# NumPy's namespace: array-api-compat's, with max/sum/take/any/nonzero bound to the ndarray methods (faster
 # calls, the same computation). Each bound function must give what array-api-compat's gives: the
 # same values bit for bit, dtype, shape and type (a NumPy scalar for a full reduction, as before).
 _AXES = st.one_of(st.none(), st.integers(-2, 1), st.sampled_from([(0,), (0, 1), (-1, 0)]))
@@ -106,7 +106,8 @@ def test_numpy_reductions_match_array_api_compat(shape, dtype, axis, keepdims, s
 
     xp = get_backend("numpy").xp
     x = np.random.default_rng(seed).normal(size=shape).astype(dtype)
-    for name in ("max", "sum"):
+    x[np.random.default_rng(seed + 1).random(shape) < 0.4] = 0  # zeros, so `any` sees both answers
+    for name in ("max", "sum", "any"):
         expected, got = getattr(compat, name)(x, axis=axis, keepdims=keepdims), getattr(xp, name)(x, axis=axis, keepdims=keepdims)
         assert type(got) is type(expected) and got.dtype == expected.dtype and np.shape(got) == np.shape(expected)
         np.testing.assert_array_equal(got, expected, strict=True)
@@ -126,7 +127,23 @@ def test_numpy_take_matches_array_api_compat(axis, indices):
     np.testing.assert_array_equal(xp.take(x, idx, axis=axis), compat.take(x, idx, axis=axis), strict=True)
 
 
-def test_numpy_namespace_is_array_api_compat_but_for_three_methods():
+@settings(max_examples=40, deadline=None)
+@given(shape=st.sampled_from([(5,), (3, 4), (2, 1, 3)]), seed=st.integers(0, 2**16))
+def test_numpy_nonzero_matches_array_api_compat(shape, seed):
+    import array_api_compat.numpy as compat
+
+    xp = get_backend("numpy").xp
+    x = np.where(np.random.default_rng(seed).random(shape) < 0.5, 0.0, 1.5)
+    got, expected = xp.nonzero(x), compat.nonzero(x)
+    assert type(got) is type(expected) and len(got) == len(expected)
+    for g, e in zip(got, expected):
+        np.testing.assert_array_equal(g, e, strict=True)
+    for library in (xp, compat):
+        with pytest.raises(ValueError):
+            library.nonzero(np.float64(1.0))  # 0-d: an error, as the standard says
+
+
+def test_numpy_namespace_is_array_api_compat_but_for_five_methods():
     import array_api_compat
     import array_api_compat.numpy as compat
 
@@ -136,7 +153,7 @@ def test_numpy_namespace_is_array_api_compat_but_for_three_methods():
     public = [name for name in compat.__all__ if not name.startswith("__")]
     assert len(public) > 150  # the whole standard namespace, not a few names
     differs = {name for name in public if getattr(xp, name) is not getattr(compat, name)}
-    assert differs == {"max", "sum", "take"}
+    assert differs == {"max", "sum", "take", "any", "nonzero"}
     assert xp.__array_api_version__ == compat.__array_api_version__
     assert xp.__array_namespace_info__().default_dtypes() == compat.__array_namespace_info__().default_dtypes()
     assert not array_api_compat.is_jax_namespace(xp)  # so `compiled` leaves NumPy's step alone

@@ -235,13 +235,13 @@ def _step_on_used_columns(params: FoldedParams, x: Any, batch_order: Any, target
     left as it is, and the step is the dense one's up to summation order. A batch of 64 MNIST
     images uses ~494 of the 718 columns, one of 8 ~365. W1b is updated in place (the loop owns it:
     ``DesignMatrix.fold`` made it), which backend.skips_zero_columns allows only where that works."""
+    W1b, W2, b2 = params  # unpacked, not params._replace(...): 1 us less per step
     batch = xp.take(x, batch_order, axis=0)
     used = xp.nonzero(xp.any(batch != 0, axis=0))[0]
-    rows = xp.take(params.W1b, used, axis=0)
-    probs, steps = scaled_grads(xp, params._replace(W1b=rows), xp.take(batch, used, axis=1), targets, lr)
-    W1b = params.W1b
+    rows = xp.take(W1b, used, axis=0)
+    probs, steps = scaled_grads(xp, FoldedParams(rows, W2, b2), xp.take(batch, used, axis=1), targets, lr)
     W1b[used] = rows - steps.W1b
-    return FoldedParams(W1b, params.W2 - steps.W2, params.b2 - steps.b2), probs
+    return FoldedParams(W1b, W2 - steps.W2, b2 - steps.b2), probs
 
 
 TALLY_EVERY = 64  # batches per tally: bounds what is kept, and on JAX the operands of one concat
