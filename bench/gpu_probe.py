@@ -40,6 +40,12 @@ def per_call_us(call: Callable[[], Any], sync: Callable[[], None]) -> float:
     return round(statistics.median(times), 2)
 
 
+def per_call_costs(x: Any, w: Any, h: Any, sync: Callable[[], None]) -> dict:
+    """µs per call of the step's smallest elementwise product and its largest matmul."""
+    return {"elementwise (64,300)": per_call_us(lambda: h * h, sync),
+            "matmul (64,718)@(718,300)": per_call_us(lambda: x @ w, sync)}
+
+
 def probe_cupy() -> dict:
     import cupy as cp
 
@@ -47,12 +53,7 @@ def probe_cupy() -> dict:
         return {"usable": False, "why": "no CUDA device"}
     x, w, h = (cp.random.random(SHAPES[k], dtype=cp.float32) for k in ("x", "w", "h"))
     sync = cp.cuda.get_current_stream().synchronize
-    found: dict[str, Any] = {
-        "usable": True,
-        "version": cp.__version__,
-        "us_per_call": {"elementwise (64,300)": per_call_us(lambda: h * h, sync),
-                        "matmul (64,718)@(718,300)": per_call_us(lambda: x @ w, sync)},
-    }
+    found: dict[str, Any] = {"usable": True, "version": cp.__version__, "us_per_call": per_call_costs(x, w, h, sync)}
     found["graph_capture"] = {
         "elementwise": _capture_cupy(cp, lambda: h * h, h * h),
         "matmul": _capture_cupy(cp, lambda: x @ w, x @ w),
@@ -90,12 +91,7 @@ def probe_torch() -> dict:
         return {"usable": False, "why": "torch.cuda.is_available() is False"}
     x, w, h = (torch.rand(SHAPES[k], device="cuda") for k in ("x", "w", "h"))
     sync = torch.cuda.synchronize
-    return {
-        "usable": True,
-        "version": torch.__version__,
-        "us_per_call": {"elementwise (64,300)": per_call_us(lambda: h * h, sync),
-                        "matmul (64,718)@(718,300)": per_call_us(lambda: x @ w, sync)},
-    }
+    return {"usable": True, "version": torch.__version__, "us_per_call": per_call_costs(x, w, h, sync)}
 
 
 def run_probe(probe: Callable[[], dict]) -> dict:

@@ -66,27 +66,31 @@ class Impl:
         return {"numpy": np.__version__}
 
 
-def mean_used_columns(x: np.ndarray, order: np.ndarray, batch_size: int, batches_per_chunk: int = 16) -> float:
+def mean_used_columns(x: np.ndarray, order: np.ndarray, batch_size: int) -> float:
     """The mean over samples of how many columns of ``x`` are nonzero in some row of the sample's
     batch (batches of ``batch_size`` in ``order``, the last one possibly short): the columns a
-    column-skipping step multiplies. A few batches at a time, so the count adds little to a row's RSS."""
+    column-skipping step multiplies. One batch at a time, so the count adds little to a row's RSS."""
     total, n = 0, order.shape[0]
-    for start in range(0, n, batch_size * batches_per_chunk):
-        for b in range(start, min(start + batch_size * batches_per_chunk, n), batch_size):
-            rows = order[b:b + batch_size]
-            total += rows.shape[0] * int(np.count_nonzero(x.take(rows, axis=0).any(axis=0)))
+    for start in range(0, n, batch_size):
+        rows = order[start:start + batch_size]
+        total += rows.shape[0] * int(np.count_nonzero(x.take(rows, axis=0).any(axis=0)))
     return total / n
 
 
 class _SkipsZeroColumns:
-    """``executed_inputs`` for rows whose step multiplies only each batch's nonzero columns of
-    ``self.X``; counted once per batch size (on its first epoch's order: the mean over ~1,000-7,500
-    batches moves by well under 1% between permutations) and outside the timed epoch."""
+    """``executed_inputs`` for rows whose step may multiply only each batch's nonzero columns of the
+    matrix ``_skipped_matrix()`` returns (None: this row's step is dense); counted once per batch
+    size (on its first epoch's order: the mean over ~1,000-7,500 batches moves by well under 1%
+    between permutations) and outside the timed epoch."""
+
+    def _skipped_matrix(self) -> np.ndarray | None:
+        return self.X
 
     def executed_inputs(self, order, batch_size):
         counted = self.__dict__.setdefault("_used_columns", {})
         if batch_size not in counted:
-            counted[batch_size] = mean_used_columns(self.X, order, batch_size)
+            x = self._skipped_matrix()
+            counted[batch_size] = None if x is None else mean_used_columns(x, order, batch_size)
         return counted[batch_size]
 
 
@@ -305,7 +309,7 @@ class MatmulFloor(_NumpyGemm, Impl):
 # --- xpmlp on any backend -------------------------------------------------------------------------
 
 
-class Xpmlp(Impl):
+class Xpmlp(_SkipsZeroColumns, Impl):
     """xpmlp's own loop (``xpmlp.training.run_epoch``) on one backend, as ``train_epochs`` runs it:
     the design matrix built once with the data (``design_matrix``), then per epoch the permutation
     copied to the device, one pass, the loss and hit count read back once."""
@@ -331,13 +335,11 @@ class Xpmlp(Impl):
         self.product_inputs = self.design.x.shape[1]
         b.synchronize()
 
-    def executed_inputs(self, order, batch_size):
+    def _skipped_matrix(self):
         from xpmlp.backend import skips_zero_columns, to_numpy
 
-        if not skips_zero_columns(self.design.x):
-            return None
-        self.X = to_numpy(self.design.x)  # no copy: NumPy, or a CPU tensor's own buffer
-        return _SkipsZeroColumns.executed_inputs(self, order, batch_size)
+        # no copy: NumPy, or a CPU tensor's own buffer
+        return to_numpy(self.design.x) if skips_zero_columns(self.design.x) else None
 
     def init(self, params):
         from xpmlp.model import Params, params_to

@@ -102,7 +102,7 @@ def test_rows_that_skip_zero_columns_report_what_they_multiply():
     sizes = [min(BATCH, N - b) for b in range(0, N, BATCH)]  # 12 of 32 and a last one of 16
     want = np.dot(by_batch, sizes) / N
     assert want < fast.product_inputs  # at batch 32 some columns are zero in a whole batch
-    assert mean_used_columns(fast.X, order, BATCH, batches_per_chunk=5) == pytest.approx(want, rel=1e-12)
+    assert mean_used_columns(fast.X, order, BATCH) == pytest.approx(want, rel=1e-12)
     assert fast.executed_inputs(order, BATCH) == pytest.approx(want, rel=1e-12)
     assert make("xpmlp-numpy", x, y, "float64").executed_inputs(order, BATCH) == pytest.approx(want, rel=1e-12)
     assert make("seed", x, y).executed_inputs(order, BATCH) is None  # all 784, as product_inputs says
