@@ -12,7 +12,7 @@ from xpmlp.data import load_mnist
 from xpmlp.model import init_params
 
 N, BATCH, LR = 400, 32, 0.01  # 12 full batches and a partial one of 16: the ragged tail is covered too
-PEERS = ["seed", "numpy_fast", "torch-manual-cpu", "torch-module-cpu", "xpmlp-array_api_strict",
+PEERS = ["seed", "numpy_fast", "numpy_fast-scoped", "torch-manual-cpu", "torch-module-cpu", "xpmlp-array_api_strict",
          "xpmlp-torch-cpu", "jax-jit"]
 
 # Tolerance. Rows differ only in summation order inside the matrix products (BLAS blocking, MKL vs
