@@ -233,7 +233,7 @@ class NumpyFast(_SkipsZeroColumns, _NumpyGemm, Impl):
         X, labels = self.X, self.y[order]
         targets = np.eye(W2.shape[1], dtype=self.dtype)[labels]
         loss_sum, hits, pending, pending_from = 0.0, 0, [], 0
-        n_total = X.shape[0]
+        n_total, scoped = X.shape[0], self.scoped
         for start in range(0, n_total, batch_size):
             stop = min(start + batch_size, n_total)
             xb = X.take(order[start:stop], axis=0)
@@ -249,7 +249,7 @@ class NumpyFast(_SkipsZeroColumns, _NumpyGemm, Impl):
             d_hidden = (d_logits @ W2.T) * active
             W1b[used] = rows - xb.T @ d_hidden
             W2, b2 = W2 - hidden.T @ d_logits, b2 - d_logits.sum(axis=0)
-            if self.scoped:
+            if scoped:
                 del xb, used, rows, z, active, hidden, logits, e, d_logits, d_hidden
             pending.append(probs)
             if len(pending) == 64 or stop == n_total:
