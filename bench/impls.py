@@ -208,7 +208,8 @@ class NumpyFast(_SkipsZeroColumns, _NumpyGemm, Impl):
     (the pixel columns that are nonzero somewhere, then a column of ones, so b1 is W1's last row),
     one ``take`` per batch, both big products over only the columns nonzero in that batch with
     their rows of W1b written back in place (as xpmlp does on NumPy), the ReLU mask reused by the
-    backward pass, lr folded into the (B, 10) output error, functional updates of W2 and b2, and
+    backward pass, the shifted logits floored so that no subnormal number enters the step (as
+    xpmlp does), lr folded into the (B, 10) output error, functional updates of W2 and b2, and
     the loss and hits taken from 64 batches' probabilities at a time as host numbers. Array methods
     throughout (``a.max()``, not ``np.max(a)``: 0.8 us less per call). Measured and not kept,
     because slower here: preallocated buffers with ``out=`` and in-place updates of the whole W1b
@@ -223,6 +224,8 @@ class NumpyFast(_SkipsZeroColumns, _NumpyGemm, Impl):
         self.used, self.X = _design(scale(x, dtype))
         self.y = np.asarray(y, dtype=np.intp)
         self.product_inputs = self.X.shape[1]
+        # xpmlp's floor for the shifted logits (model.scaled_grads: no subnormal numbers in the step)
+        self.logit_floor = float(np.log(np.sqrt(np.finfo(dtype).smallest_normal)))
 
     def init(self, params):
         W1, b1, W2, b2 = (np.array(p, dtype=self.dtype) for p in params)
@@ -233,7 +236,7 @@ class NumpyFast(_SkipsZeroColumns, _NumpyGemm, Impl):
         X, labels = self.X, self.y[order]
         targets = np.eye(W2.shape[1], dtype=self.dtype)[labels]
         loss_sum, hits, pending, pending_from = 0.0, 0, [], 0
-        n_total, scoped = X.shape[0], self.scoped
+        n_total, scoped, floor = X.shape[0], self.scoped, self.logit_floor
         for start in range(0, n_total, batch_size):
             stop = min(start + batch_size, n_total)
             xb = X.take(order[start:stop], axis=0)
@@ -243,7 +246,7 @@ class NumpyFast(_SkipsZeroColumns, _NumpyGemm, Impl):
             active = (z > 0).astype(z.dtype)
             hidden = z * active
             logits = hidden @ W2 + b2
-            e = np.exp(logits - logits.max(axis=1, keepdims=True))
+            e = np.exp(np.maximum(logits - logits.max(axis=1, keepdims=True), floor))
             probs = e / e.sum(axis=1, keepdims=True)
             d_logits = lr * (probs - targets[start:stop])
             d_hidden = (d_logits @ W2.T) * active

@@ -300,3 +300,45 @@ def test_the_column_skipping_step_is_the_dense_step(backend):
     np.testing.assert_allclose(to_numpy(probs), to_numpy(dense_probs), rtol=0, atol=_tol(backend))
     np.testing.assert_array_equal(to_numpy(skipped.W1b)[unused], before[unused])
     assert np.abs(to_numpy(skipped.W1b) - before).max(axis=1)[np.setdiff1d(np.arange(before.shape[0]), unused)].min() > 0
+
+
+def _subnormal(a):
+    a = np.abs(np.asarray(a))
+    return (a > 0) & (a < np.finfo(a.dtype).smallest_normal)
+
+
+@pytest.mark.parametrize("dtype, gaps", [("float32", [90.0, 95.0, 101.0]), ("float64", [710.0, 720.0, 740.0])])
+def test_the_training_step_keeps_subnormal_numbers_out(backend, dtype, gaps):
+    """Logits this far below the row's max give subnormal probabilities in a plain softmax (checked
+    here, so the case is real); the step floors them, puts no subnormal number in its probabilities
+    or gradients, and still takes the seed's step: the floor moves a probability only below
+    sqrt(smallest normal), so the gradients agree with the unfloored ones to the dtype's rounding."""
+    xp = backend.xp
+    rng = np.random.default_rng(5)
+    n_in, n_hidden, n_out, lr = 6, 4, 5, 0.01
+    x1 = np.concatenate([rng.random((3, n_in)), np.ones((3, 1))], axis=1).astype(dtype)
+    W1b = rng.standard_normal((n_in + 1, n_hidden)).astype(dtype)
+    W2 = (1e-3 * rng.standard_normal((n_hidden, n_out))).astype(dtype)
+    b2 = np.array([0.0, *(-g for g in gaps), -1.0], dtype=dtype)  # logits ~ b2: three classes far below
+    targets = np.eye(n_out, dtype=dtype)[[0, 4, 0]]
+
+    h = np.maximum(x1 @ W1b, 0)
+    plain = ref_softmax(h @ W2 + b2)
+    assert _subnormal(plain).any()  # the case the floor is for
+    d = lr * (plain - targets)
+    want = {"W1b": x1.T @ ((d @ W2.T) * (h > 0)), "W2": h.T @ d, "b2": d.sum(0)}
+
+    folded = model.FoldedParams(*(backend.asarray(a, getattr(xp, dtype)) for a in (W1b, W2, b2)))
+    probs, steps = model.scaled_grads(xp, folded, backend.asarray(x1, getattr(xp, dtype)),
+                                      backend.asarray(targets, getattr(xp, dtype)), lr)
+    probs = to_numpy(probs)
+    bound = np.sqrt(np.finfo(dtype).smallest_normal)  # e^floor
+    assert not _subnormal(probs).any()
+    kept = plain >= bound
+    np.testing.assert_allclose(probs[kept], plain[kept], rtol=_tol(backend, dtype))
+    assert np.all((probs[~kept] >= bound / n_out) & (probs[~kept] <= bound))
+    for name, got in zip(("W1b", "W2", "b2"), steps):
+        got = to_numpy(got)
+        assert not _subnormal(got).any(), name
+        np.testing.assert_allclose(got, want[name], rtol=0, atol=_tol(backend, dtype) * np.abs(want[name]).max(),
+                                   err_msg=name)
