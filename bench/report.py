@@ -311,11 +311,12 @@ def plot(result: dict, path) -> bool:
         return False
     fig, ax = plt.subplots(figsize=(8, 5))
     names = sorted({r["impl"] for r in result["records"]})
-    for name in names:
+    for i, name in enumerate(names):
         recs = sorted((r for r in result["records"] if r["impl"] == name), key=lambda r: r["batch_size"])
         xs = [r["batch_size"] for r in recs]
         ys = [r["s_per_epoch"] for r in recs]
-        style = ("o--" if name == FLOOR else "o-") if len(xs) > 1 else "o"
+        marker = "os^"[i // 10 % 3]  # the colour cycle has 10 colours: the 11th row on gets other markers
+        style = marker + (("--" if name == FLOOR else "-") if len(xs) > 1 else "")
         ax.plot(xs, ys, style, label=f"{name} ({recs[0]['device']}, {recs[0]['dtype']})",
                 linewidth=2.5 if name == XPMLP else 1.2)
     ax.set_xlabel("batch size")
