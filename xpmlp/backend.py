@@ -317,14 +317,15 @@ def _jax_jit(fn: Callable, static_argnames: tuple[str, ...]) -> Callable:
 
 
 def skips_zero_columns(x: Any) -> bool:
-    """Whether a training step on ``x``'s library may multiply only the columns its batch uses
-    (``training._step_on_used_columns``). That step has a batch-dependent shape and scatters the
-    updated rows of W1 in place, so it needs a library that finds nonzeros without a device sync and
-    writes integer-indexed rows (not in the standard: array-api-strict refuses it), on arrays that
-    can be written: NumPy, and PyTorch on the CPU. Elsewhere the step stays dense: on a GPU
-    ``nonzero`` would read the device every step, and JAX compiles fixed shapes."""
-    name = _name_of(x)
-    return (name == "numpy" or (name == "torch" and x.device.type == "cpu")) and array_api_compat.is_writeable_array(x)
+    """Whether a training step on ``x``'s library multiplies only the columns its batch uses
+    (``training._step_on_used_columns``): on writeable NumPy arrays. That step has a batch-dependent
+    shape and scatters the updated rows of W1 in place, so it needs a library that finds nonzeros
+    without a device sync and writes integer-indexed rows (not in the standard: array-api-strict
+    refuses it). Elsewhere the step stays dense: on a GPU ``nonzero`` would read the device every
+    step, and JAX compiles fixed shapes. PyTorch on the CPU could run it, but its dense step is
+    faster there: its extra calls cost more than the products save (alternating epochs on full
+    MNIST, 2-core Intel Xeon with MKL: 1.15x at batch 8, 1.2x at 16 and 32, 1.31x at 64)."""
+    return _name_of(x) == "numpy" and array_api_compat.is_writeable_array(x)
 
 
 def index_dtype(xp: Any) -> Any:
