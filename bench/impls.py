@@ -224,8 +224,9 @@ class NumpyFast(_SkipsZeroColumns, _NumpyGemm, Impl):
         self.used, self.X = _design(scale(x, dtype))
         self.y = np.asarray(y, dtype=np.intp)
         self.product_inputs = self.X.shape[1]
-        # xpmlp's floor for the shifted logits (model.scaled_grads: no subnormal numbers in the step)
-        self.logit_floor = float(np.log(np.sqrt(np.finfo(dtype).smallest_normal)))
+        from xpmlp.model import normal_floor  # the same floor as xpmlp's step (model.scaled_grads)
+
+        self.logit_floor = normal_floor(np, np.dtype(dtype))
 
     def init(self, params):
         W1, b1, W2, b2 = (np.array(p, dtype=self.dtype) for p in params)
