@@ -279,8 +279,8 @@ class NumpyFastScoped(NumpyFast):
     variables hold the last step's arrays, ~440 KB of W1b rows among them at batch 8, until the next
     step overwrites them, so malloc hands that step other buffers. The maths and the calls are the
     same; only which buffers the big temporaries get differs. In this machine's slow phases that
-    alone cost 10-15% at batch 8 (README, "The 10% target"): this row keeps it apart from the cost
-    of the Array-API layer, which is xpmlp-numpy against this row."""
+    alone cost 10-15% at batch 8 (docs/benchmarks.md, "The 10% target"): this row keeps it apart
+    from the cost of the Array-API layer, which is xpmlp-numpy against this row."""
 
     name = "numpy_fast-scoped"
     scoped = True

@@ -297,7 +297,7 @@ def openblas_note(machine: dict) -> str | None:
         return f"OpenBLAS kernel: {ran} (OPENBLAS_CORETYPE={pinned})."
     return (f"OpenBLAS kernel: {ran}, pinned by OPENBLAS_CORETYPE={pinned}; without it this OpenBLAS would run "
             f"{unpinned} here. To measure that: `env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m bench "
-            "--tag cpu-native` (README, \"BLAS kernels\").")
+            "--tag cpu-native` (docs/benchmarks.md, \"BLAS kernels\").")
 
 
 def plot(result: dict, path) -> bool:
