@@ -159,3 +159,69 @@ def test_numpy_namespace_is_array_api_compat_but_for_five_methods():
     assert not array_api_compat.is_jax_namespace(xp)  # so `compiled` leaves NumPy's step alone
     with pytest.raises(TypeError):
         xp.max(x, 0)  # axis is keyword-only in the standard, as in array-api-compat's own
+
+
+# PyTorch's namespace: array-api-compat's, with `take` and `maximum`-with-a-Python-number made
+# directly (no index remapping, no scalar-to-tensor copy per call). Same contract as above: what
+# array-api-compat gives, bit for bit, dtype and shape, for every input xpmlp can pass.
+def _torch_and_compat():
+    torch = pytest.importorskip("torch")
+    import array_api_compat.torch as compat
+
+    return torch, compat, get_backend("torch").xp
+
+
+@settings(max_examples=40, deadline=None)
+@given(axis=st.sampled_from([None, 0, 1, -1]), indices=st.lists(st.integers(0, 2), min_size=0, max_size=6))
+def test_torch_take_matches_array_api_compat_for_indices_in_range(axis, indices):
+    torch, compat, xp = _torch_and_compat()
+    x = torch.arange(12.0).reshape(3, 4) if axis is not None else torch.arange(3.0)
+    idx = torch.asarray(indices, dtype=torch.int64)
+    got, expected = xp.take(x, idx, axis=axis), compat.take(x, idx, axis=axis)
+    assert got.dtype == expected.dtype and got.shape == expected.shape and torch.equal(got, expected)
+
+
+def test_torch_take_refuses_what_it_does_not_remap():
+    torch, compat, xp = _torch_and_compat()
+    x = torch.arange(6.0).reshape(2, 3)
+    with pytest.raises(ValueError, match="axis"):
+        xp.take(x, torch.asarray([0]))  # 2-D without an axis, as the standard and array-api-compat say
+    with pytest.raises((IndexError, RuntimeError)):
+        xp.take(x, torch.asarray([-1]), axis=0)  # a negative index raises instead of counting from the end
+
+
+@settings(max_examples=60, deadline=None)
+@given(dtype=st.sampled_from(["float32", "float64"]), bound=st.sampled_from([0.0, 0, -43.7, 1.5, -1e30]),
+       seed=st.integers(0, 2**16))
+def test_torch_maximum_with_a_python_number_matches_array_api_compat(dtype, bound, seed):
+    torch, compat, xp = _torch_and_compat()
+    values = np.random.default_rng(seed).normal(scale=50.0, size=(4, 5)).astype(dtype)
+    values[0, :3] = [np.nan, -0.0, 0.0]  # NaN propagates
+    x = torch.asarray(values)
+    got, expected = xp.maximum(x, bound), compat.maximum(x, bound)
+    assert got.dtype == expected.dtype == x.dtype and got.shape == expected.shape
+    # equal values; a zero's sign may differ (max(-0.0, 0) is -0.0 here and in NumPy, 0.0 in torch.maximum)
+    np.testing.assert_array_equal(got.numpy(), expected.numpy(), strict=True)
+
+
+def test_torch_maximum_leaves_every_other_case_to_array_api_compat():
+    torch, compat, xp = _torch_and_compat()
+    ints, floats = torch.asarray([-2, 0, 3]), torch.asarray([-1.0, 2.0, 0.5])
+    for x1, x2 in ((ints, 0), (floats, floats.flip(0)), (0.25, floats), (floats, True)):
+        got, expected = xp.maximum(x1, x2), compat.maximum(x1, x2)
+        assert got.dtype == expected.dtype and torch.equal(got, expected)
+
+
+def test_torch_namespace_is_array_api_compat_but_for_two_functions():
+    import array_api_compat
+
+    torch, compat, xp = _torch_and_compat()
+    x = torch.ones(3)
+    assert backend_of(x).xp is xp and namespace(x) is xp and namespace(x, torch.zeros(2)) is xp
+    public = [name for name in compat.__all__ if not name.startswith("__")]
+    assert len(public) > 150
+    differs = {name for name in public if getattr(xp, name) is not getattr(compat, name)}
+    assert differs == {"take", "maximum"}
+    assert xp.__array_api_version__ == compat.__array_api_version__
+    assert xp.__array_namespace_info__().default_dtypes() == compat.__array_namespace_info__().default_dtypes()
+    assert not array_api_compat.is_jax_namespace(xp)

@@ -1,7 +1,7 @@
 """The one place that knows about array libraries.
 
-A backend is a name, an Array-API namespace (:func:`namespace`: array-api-compat's, with NumPy's
-per-batch reductions bound to array methods) and a device. Everything else in xpmlp asks this
+A backend is a name, an Array-API namespace (:func:`namespace`: array-api-compat's, with a few
+per-batch calls made directly on NumPy and PyTorch) and a device. Everything else in xpmlp asks this
 module for a namespace, moves arrays with it and reads results back through :func:`to_numpy`;
 nothing else names a library.
 """
@@ -24,6 +24,18 @@ ENV_VAR = "XPMLP_BACKEND"
 DEFAULT_BACKEND = "numpy"
 
 
+_MODULE_OWN = ("__name__", "__doc__", "__package__", "__loader__", "__spec__", "__file__", "__path__",
+               "__cached__", "__builtins__")
+
+
+def _namespace_with(compat: types.ModuleType, name: str, doc: str | None, **calls: Callable) -> types.ModuleType:
+    """A copy of the namespace ``compat`` under ``name``, with ``calls`` in place of its own."""
+    ns = types.ModuleType(name, doc)
+    ns.__dict__.update({k: v for k, v in vars(compat).items() if k not in _MODULE_OWN})
+    ns.__dict__.update(calls)
+    return ns
+
+
 @functools.cache
 def _numpy_with_array_methods() -> types.ModuleType:
     """array-api-compat's NumPy namespace, except that ``max``, ``sum``, ``take``, ``any`` and
@@ -34,11 +46,6 @@ def _numpy_with_array_methods() -> types.ModuleType:
     from 20.2 to 17.0 us with the first three, and ``any`` and ``nonzero`` save 0.8 and 0.6 us more
     (3.3 -> 2.5 and 1.1 -> 0.5 us on a batch of 64)."""
     import array_api_compat.numpy as compat
-
-    ns = types.ModuleType("xpmlp.backend.numpy", _numpy_with_array_methods.__doc__)
-    module_own = ("__name__", "__doc__", "__package__", "__loader__", "__spec__", "__file__", "__path__",
-                  "__cached__", "__builtins__")
-    ns.__dict__.update({k: v for k, v in vars(compat).items() if k not in module_own})
 
     def max(x, /, *, axis=None, keepdims=False):  # noqa: A001 - the standard's names
         return x.max(axis=axis, keepdims=keepdims)
@@ -57,16 +64,59 @@ def _numpy_with_array_methods() -> types.ModuleType:
             raise ValueError("nonzero() does not support zero-dimensional arrays")
         return x.nonzero()
 
-    ns.max, ns.sum, ns.take, ns.any, ns.nonzero = max, sum, take, any, nonzero
-    return ns
+    return _namespace_with(compat, "xpmlp.backend.numpy", _numpy_with_array_methods.__doc__,
+                           max=max, sum=sum, take=take, any=any, nonzero=nonzero)
+
+
+@functools.cache
+def _torch_with_direct_calls() -> types.ModuleType:
+    """array-api-compat's PyTorch namespace, except for two calls that every training step makes
+    and that array-api-compat routes through extra tensor operations:
+
+    - ``take`` is ``torch.index_select`` alone. array-api-compat first maps negative indices with
+      ``torch.where(indices < 0, indices + n, indices)``, three more operations per call. Here an
+      index must lie in [0, n), as xpmlp's always do (a permutation, the kept columns); a negative
+      one raises instead of counting from the end.
+    - ``maximum`` of a floating tensor and a Python number is ``torch.clamp_min``: the same values,
+      NaN included, without first making the number a tensor on the device, which array-api-compat
+      does on every call (on CUDA, a host-to-device copy). Only a zero's sign can differ:
+      ``maximum(-0.0, 0.0)`` is -0.0 here, as in NumPy, and 0.0 in ``torch.maximum``.
+
+    On the CPU those two cost 26-43 us per step (2-core Intel Xeon, ``run_epoch`` on 15,000 samples,
+    epochs alternating between array-api-compat's namespace and this one from the same start): the
+    epochs got 1.11x faster at batch 8, 1.13x at 16, 1.11x at 32 and 1.10x at 64, with bit-identical
+    parameters."""
+    import array_api_compat.torch as compat
+    import torch
+
+    def take(x, indices, /, *, axis=None):
+        if axis is None:
+            if x.ndim != 1:
+                raise ValueError("axis must be specified when ndim > 1")
+            axis = 0
+        return torch.index_select(x, axis, indices)
+
+    def maximum(x1, x2, /):
+        if (isinstance(x1, torch.Tensor) and x1.is_floating_point()
+                and isinstance(x2, (int, float)) and not isinstance(x2, bool)):
+            return torch.clamp_min(x1, x2)
+        return compat.maximum(x1, x2)
+
+    return _namespace_with(compat, "xpmlp.backend.torch", _torch_with_direct_calls.__doc__,
+                           take=take, maximum=maximum)
 
 
 def namespace(*arrays: Any) -> Any:
     """The Array-API namespace of ``arrays`` (TypeError when they mix libraries): array-api-compat's,
-    and for NumPy arrays the same with ``max``, ``sum``, ``take``, ``any`` and ``nonzero`` bound to
-    array methods."""
+    with a few per-batch calls made directly: for NumPy arrays ``max``, ``sum``, ``take``, ``any``
+    and ``nonzero`` bound to array methods, for PyTorch tensors ``take`` and ``maximum`` with a
+    Python number (see the two functions above)."""
     xp = array_api_compat.array_namespace(*arrays)
-    return _numpy_with_array_methods() if array_api_compat.is_numpy_namespace(xp) else xp
+    if array_api_compat.is_numpy_namespace(xp):
+        return _numpy_with_array_methods()
+    if array_api_compat.is_torch_namespace(xp):
+        return _torch_with_direct_calls()
+    return xp
 
 
 @dataclass(frozen=True)
