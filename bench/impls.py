@@ -66,14 +66,15 @@ class Impl:
         return {"numpy": np.__version__}
 
 
-def mean_used_columns(x: np.ndarray, order: np.ndarray, batch_size: int) -> float:
-    """The mean over samples of how many columns of ``x`` are nonzero in some row of the sample's
-    batch (batches of ``batch_size`` in ``order``, the last one possibly short): the columns a
-    column-skipping step multiplies. One batch at a time, so the count adds little to a row's RSS."""
-    total, n = 0, order.shape[0]
+def mean_used_columns(x: np.ndarray, order: np.ndarray, batch_size: int, n_common: int = 0) -> float:
+    """The mean over samples of how many columns a column-skipping step multiplies in the sample's
+    batch (batches of ``batch_size`` in ``order``, the last one possibly short): the last
+    ``n_common`` columns of ``x`` always, the others where they are nonzero in some row of the
+    batch. One batch at a time, so the count adds little to a row's RSS."""
+    total, n, checked = 0, order.shape[0], x.shape[1] - n_common
     for start in range(0, n, batch_size):
         rows = order[start:start + batch_size]
-        total += rows.shape[0] * int(np.count_nonzero(x.take(rows, axis=0).any(axis=0)))
+        total += rows.shape[0] * (n_common + int(np.count_nonzero(x.take(rows, axis=0)[:, :checked].any(axis=0))))
     return total / n
 
 
@@ -86,11 +87,16 @@ class _SkipsZeroColumns:
     def _skipped_matrix(self) -> np.ndarray | None:
         return self.X
 
+    def common_columns(self, batch_size: int) -> int:
+        """How many of the matrix's last columns the step multiplies in every batch, unchecked."""
+        return 0
+
     def executed_inputs(self, order, batch_size):
         counted = self.__dict__.setdefault("_used_columns", {})
         if batch_size not in counted:
             x = self._skipped_matrix()
-            counted[batch_size] = None if x is None else mean_used_columns(x, order, batch_size)
+            counted[batch_size] = None if x is None else mean_used_columns(x, order, batch_size,
+                                                                           self.common_columns(batch_size))
         return counted[batch_size]
 
 
@@ -192,10 +198,13 @@ class Seed(_NumpyGemm, Impl):
 
 
 def _design(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The columns of ``pixels`` that are nonzero in some row, then a column of ones: xpmlp's design
-    matrix, built in plain NumPy. Row-major on purpose: ``pixels[:, used]`` would be column-major,
-    and gathering rows from that made an epoch take ~37 s instead of ~0.35 s."""
-    used = np.flatnonzero((pixels != 0).any(axis=0))
+    """The columns of ``pixels`` that are nonzero in some row, in order of how many rows they are
+    nonzero in (fewest first, ties in column order), then a column of ones: xpmlp's design matrix,
+    built in plain NumPy. Row-major on purpose: ``pixels[:, used]`` would be column-major, and
+    gathering rows from that made an epoch take ~37 s instead of ~0.35 s."""
+    counts = np.count_nonzero(pixels, axis=0)
+    used = np.flatnonzero(counts)
+    used = used[np.argsort(counts[used], kind="stable")]
     ones = np.ones((pixels.shape[0], 1), pixels.dtype)
     return used, np.ascontiguousarray(np.concatenate([np.take(pixels, used, axis=1), ones], axis=1))
 
@@ -205,9 +214,11 @@ def _design(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 class NumpyFast(_SkipsZeroColumns, _NumpyGemm, Impl):
     """The fastest plain-NumPy loop for xpmlp's maths that we could write: the same design matrix
-    (the pixel columns that are nonzero somewhere, then a column of ones, so b1 is W1's last row),
-    one ``take`` per batch, both big products over only the columns nonzero in that batch with
-    their rows of W1b written back in place (as xpmlp does on NumPy), the ReLU mask reused by the
+    (the pixel columns that are nonzero somewhere, least used first, then a column of ones, so b1
+    is W1's last row), one ``take`` per batch, both big products over the common columns (those a
+    batch uses with probability 0.7 or more, xpmlp's ``COMMON_USE``: a slice of the batch and its
+    own block of W1b) and over only those of the other columns that are nonzero in the batch, their
+    rows of W1b gathered and written back in place (as xpmlp does on NumPy), the ReLU mask reused by the
     backward pass, the shifted logits floored so that no subnormal number enters the step (as
     xpmlp does), lr folded into the (B, 10) output error, functional updates of W2 and b2, and
     the loss and hits taken from 64 batches' probabilities at a time as host numbers. Array methods
@@ -222,11 +233,16 @@ class NumpyFast(_SkipsZeroColumns, _NumpyGemm, Impl):
     def __init__(self, x, y, dtype="float32"):
         self.dtype = dtype
         self.used, self.X = _design(scale(x, dtype))
+        self.usage = np.count_nonzero(self.X, axis=0) / self.X.shape[0]
         self.y = np.asarray(y, dtype=np.intp)
         self.product_inputs = self.X.shape[1]
         from xpmlp.model import normal_floor  # the same floor as xpmlp's step (model.scaled_grads)
+        from xpmlp.training import COMMON_USE  # and the same split into common and checked columns
 
-        self.logit_floor = normal_floor(np, np.dtype(dtype))
+        self.logit_floor, self.common_use = normal_floor(np, np.dtype(dtype)), COMMON_USE
+
+    def common_columns(self, batch_size):
+        return int(np.count_nonzero(1.0 - (1.0 - self.usage) ** batch_size >= self.common_use))
 
     def init(self, params):
         W1, b1, W2, b2 = (np.array(p, dtype=self.dtype) for p in params)
@@ -238,12 +254,15 @@ class NumpyFast(_SkipsZeroColumns, _NumpyGemm, Impl):
         targets = np.eye(W2.shape[1], dtype=self.dtype)[labels]
         loss_sum, hits, pending, pending_from = 0.0, 0, [], 0
         n_total, scoped, floor = X.shape[0], self.scoped, self.logit_floor
+        n_rare = X.shape[1] - self.common_columns(batch_size)
+        rare, common = W1b[:n_rare].copy(), W1b[n_rare:].copy()
         for start in range(0, n_total, batch_size):
             stop = min(start + batch_size, n_total)
             xb = X.take(order[start:stop], axis=0)
-            used = np.flatnonzero((xb != 0).any(axis=0))  # 5.0 us; xb.any(axis=0) 6.0
-            xb, rows = xb.take(used, axis=1), W1b.take(used, axis=0)
-            z = xb @ rows
+            x_rare, x_common = xb[:, :n_rare], xb[:, n_rare:]
+            used = np.flatnonzero((x_rare != 0).any(axis=0))  # 5.0 us; x.any(axis=0) 6.0
+            x_used, rows = x_rare.take(used, axis=1), rare.take(used, axis=0)
+            z = x_common @ common + x_used @ rows
             active = (z > 0).astype(z.dtype)
             hidden = z * active
             logits = hidden @ W2 + b2
@@ -251,10 +270,11 @@ class NumpyFast(_SkipsZeroColumns, _NumpyGemm, Impl):
             probs = e / e.sum(axis=1, keepdims=True)
             d_logits = lr * (probs - targets[start:stop])
             d_hidden = (d_logits @ W2.T) * active
-            W1b[used] = rows - xb.T @ d_hidden
+            rare[used] = rows - x_used.T @ d_hidden
+            common = common - x_common.T @ d_hidden
             W2, b2 = W2 - hidden.T @ d_logits, b2 - d_logits.sum(axis=0)
             if scoped:
-                del xb, used, rows, z, active, hidden, logits, e, d_logits, d_hidden
+                del xb, x_rare, x_common, used, x_used, rows, z, active, hidden, logits, e, d_logits, d_hidden
             pending.append(probs)
             if len(pending) == 64 or stop == n_total:
                 p, y = np.concatenate(pending), labels[pending_from:stop]
@@ -265,7 +285,7 @@ class NumpyFast(_SkipsZeroColumns, _NumpyGemm, Impl):
                     loss_sum += float(losses[n_full:].mean())
                 hits += int(np.count_nonzero(p.argmax(axis=1) == y))
                 pending, pending_from = [], stop
-        return [W1b, W2, b2, W1], loss_sum, hits
+        return [np.concatenate([rare, common]), W2, b2, W1], loss_sum, hits
 
     def host_params(self, state):
         W1b, W2, b2, W1 = (np.array(p, dtype=np.float64) for p in state)
@@ -360,6 +380,9 @@ class Xpmlp(_SkipsZeroColumns, Impl):
 
         # no copy: NumPy, or a CPU tensor's own buffer
         return to_numpy(self.design.x) if skips_zero_columns(self.design.x) else None
+
+    def common_columns(self, batch_size):
+        return self.design.common_columns(batch_size)
 
     def init(self, params):
         from xpmlp.model import Params, params_to

@@ -92,19 +92,25 @@ def test_floor_row_does_exactly_the_floor_work():
 
 
 def test_rows_that_skip_zero_columns_report_what_they_multiply():
-    # GFLOP/s "executed" divides the products a row runs: for a column-skipping row, the columns
-    # nonzero in each sample's batch, counted straight from the design matrix here
+    # GFLOP/s "executed" divides the products a row runs: for a column-skipping row, the common
+    # columns in every batch and the others nonzero in each sample's batch, counted straight from
+    # the design matrix here
     from bench.impls import mean_used_columns
 
     x, y, _, order = _setup_data()
     fast = make("numpy_fast", x, y, "float64")
-    by_batch = [np.count_nonzero(fast.X[order[b:b + BATCH]].any(axis=0)) for b in range(0, N, BATCH)]
+    xpmlp = make("xpmlp-numpy", x, y, "float64")
+    n_common = fast.common_columns(BATCH)
+    assert n_common == xpmlp.common_columns(BATCH) and 1 < n_common < fast.product_inputs
+    checked = fast.product_inputs - n_common
+    by_batch = [n_common + np.count_nonzero(fast.X[order[b:b + BATCH], :checked].any(axis=0)) for b in range(0, N, BATCH)]
     sizes = [min(BATCH, N - b) for b in range(0, N, BATCH)]  # 12 of 32 and a last one of 16
     want = np.dot(by_batch, sizes) / N
     assert want < fast.product_inputs  # at batch 32 some columns are zero in a whole batch
-    assert mean_used_columns(fast.X, order, BATCH) == pytest.approx(want, rel=1e-12)
+    assert mean_used_columns(fast.X, order, BATCH, n_common) == pytest.approx(want, rel=1e-12)
+    assert mean_used_columns(fast.X, order, BATCH) < want  # checking every column skips more
     assert fast.executed_inputs(order, BATCH) == pytest.approx(want, rel=1e-12)
-    assert make("xpmlp-numpy", x, y, "float64").executed_inputs(order, BATCH) == pytest.approx(want, rel=1e-12)
+    assert xpmlp.executed_inputs(order, BATCH) == pytest.approx(want, rel=1e-12)
     assert make("seed", x, y).executed_inputs(order, BATCH) is None  # all 784, as product_inputs says
     try:
         strict = make("xpmlp-array_api_strict", x, y, "float64")

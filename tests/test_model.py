@@ -211,6 +211,8 @@ def test_design_matrix_keeps_the_used_columns_then_ones_and_folds_back_exactly(b
     x[3, 0] = 0.5  # nonzero in one sample only: kept
     design = design_matrix(backend.asarray(x, xp.float32))
     kept = np.r_[0, _used_columns()]
+    kept = kept[np.argsort((x[:, kept] != 0).sum(axis=0), kind="stable")]  # least used first
+    assert kept[0] == 0  # nonzero in one sample only
     np.testing.assert_array_equal(to_numpy(design.kept), kept)
     got = to_numpy(design.x)
     np.testing.assert_array_equal(got, np.c_[x[:, kept].astype(np.float32), np.ones(40, np.float32)])
@@ -266,24 +268,31 @@ def test_run_epoch_counts_hits_past_255_whatever_the_label_dtype(backend):
 SKIPS_ZERO_COLUMNS = {"numpy": True, "torch": False, "array_api_strict": False, "jax": False, "cupy": False}
 
 
-def test_the_column_skipping_step_is_the_dense_step(backend):
+@pytest.mark.parametrize("split", ["common", "none common", "all common"])
+def test_the_column_skipping_step_is_the_dense_step(backend, split):
     """Where ``run_epoch`` takes ``_step_on_used_columns`` (NumPy), it gives the dense step's
     parameters and probabilities up to summation order, and leaves the rows of W1b whose column is
-    zero in the whole batch bit for bit as they were. Elsewhere (torch, where the dense step measured
-    faster; a GPU; JAX's fixed shapes; array-api-strict's lack of integer-indexed writes) the dense
-    step runs."""
+    zero in the whole batch bit for bit as they were, whether that column is in the block checked
+    per batch or in the common block multiplied every step: W1b split where ``common_columns``
+    puts it for this batch size, with only the ones column common, or with every column common.
+    Elsewhere (torch, where the dense step measured faster; a GPU; JAX's fixed shapes;
+    array-api-strict's lack of integer-indexed writes) the dense step runs."""
     from xpmlp.backend import index_dtype, skips_zero_columns
-    from xpmlp.training import _gather_and_update, _step_on_used_columns, design_matrix
+    from xpmlp.training import _gather_and_update, _step_on_used_columns, design_matrix, join_rows, split_rows
 
     xp = backend.xp
     rng = np.random.default_rng(4)
     x = rng.random((40, 60))
     x[x < 0.8] = 0.0  # sparse rows: a batch of 8 leaves ~17% of the columns all zero
+    x[:, :5] = rng.random((40, 5)) + 0.1  # five columns nonzero everywhere: common at any batch size
     design = design_matrix(backend.asarray(x, xp.float64))
     on_gpu = "cuda" in str(backend.device).lower() or backend.name == "cupy"
     assert skips_zero_columns(design.x) is (SKIPS_ZERO_COLUMNS[backend.name] and not on_gpu)
     if not skips_zero_columns(design.x):
         return
+    n_columns = design.x.shape[1]
+    n_common = {"common": design.common_columns(8), "none common": 1, "all common": n_columns}[split]
+    assert 6 <= design.common_columns(8) < n_columns  # the five, the ones column, maybe a few more
     params = model.init_params(2, 60, 12, 10, init="he", dtype="float64", xp=xp, device=backend.device)
     folded = design.fold(params)
     before = to_numpy(folded.W1b).copy()
@@ -294,13 +303,36 @@ def test_the_column_skipping_step_is_the_dense_step(backend):
     order = backend.asarray(rows, index_dtype(xp))
     targets = model.one_hot(backend.asarray(rng.integers(0, 10, 8), xp.int64), 10, xp.float64)
     dense, dense_probs = _gather_and_update(folded, design.x, order, targets, xp, 0.05)
-    skipped, probs = _step_on_used_columns(folded, design.x, order, targets, xp, 0.05)
+    split_params, probs = _step_on_used_columns(split_rows(folded, n_columns - n_common), design.x, order, targets, xp, 0.05)
+    skipped = join_rows(split_params)
     for got, want in zip(skipped, dense):
         want = to_numpy(want)
         np.testing.assert_allclose(to_numpy(got), want, rtol=0, atol=_tol(backend) * np.abs(want).max())
     np.testing.assert_allclose(to_numpy(probs), to_numpy(dense_probs), rtol=0, atol=_tol(backend))
     np.testing.assert_array_equal(to_numpy(skipped.W1b)[unused], before[unused])
     assert np.abs(to_numpy(skipped.W1b) - before).max(axis=1)[np.setdiff1d(np.arange(before.shape[0]), unused)].min() > 0
+
+
+def test_the_design_matrix_orders_columns_by_use_and_names_the_common_ones():
+    """Columns least used first, the ones column last; ``common_columns`` counts the trailing
+    columns that a batch of that size uses with probability ``COMMON_USE`` or more."""
+    from xpmlp.training import COMMON_USE, design_matrix
+
+    x = np.zeros((100, 6))
+    x[:50, 0] = 1.0  # used by half the samples
+    x[:2, 1] = 1.0  # by 2%
+    x[:, 3] = 1.0  # by all; column 2 by none, 4 and 5 by 10% each
+    x[10:20, 4] = x[30:40, 5] = 1.0
+    design = design_matrix(x)
+    np.testing.assert_array_equal(design.kept, [1, 4, 5, 0, 3])
+    np.testing.assert_allclose(design.usage, [0.02, 0.1, 0.1, 0.5, 1.0, 1.0])
+    used_by_a_batch = lambda b: 1 - (1 - design.usage) ** b  # noqa: E731
+    for b in (1, 2, 8, 12, 64, 10_000):
+        assert design.common_columns(b) == np.count_nonzero(used_by_a_batch(b) >= COMMON_USE)
+    assert design.common_columns(1) == 2  # the column every sample uses, and ones
+    assert design.common_columns(2) == 3  # + the half-used one: 0.75 >= 0.7
+    assert design.common_columns(12) == 5  # + both 10% columns: 1 - 0.9**12 = 0.72
+    assert design.common_columns(10_000) == 6
 
 
 def _subnormal(a):

@@ -204,13 +204,21 @@ def scaled_grads(xp: Any, params: FoldedParams, x1: Any, targets: Any, scale: fl
     2e-11 of the row's largest error term (>= 6e-8 in float32), 3,000 times below its rounding.
     """
     W1b, W2, b2 = params
-    z = x1 @ W1b
+    probs, hidden, d_logits, d_hidden = layer_errors(xp, x1 @ W1b, W2, b2, targets, scale)
+    return probs, FoldedParams(x1.T @ d_hidden, hidden.T @ d_logits, xp.sum(d_logits, axis=0))
+
+
+def layer_errors(xp: Any, z: Any, W2: Any, b2: Any, targets: Any, scale: float) -> tuple[Any, Any, Any, Any]:
+    """``scaled_grads`` from the hidden layer's pre-activation ``z = x1 @ W1b`` on: the batch's
+    probabilities, the hidden activations, and ``scale`` times the output and hidden errors, from
+    which the gradient products follow (``x1.T @ d_hidden`` for W1b). A step that computes ``z`` as
+    a sum of products over blocks of columns (``training._step_on_used_columns``) shares the rest."""
     active = xp.astype(z > 0, z.dtype)
     hidden = z * active
     probs = _softmax(xp, hidden @ W2 + b2, normal_floor(xp, z.dtype))
     d_logits = scale * (probs - targets)
     d_hidden = (d_logits @ W2.T) * active
-    return probs, FoldedParams(x1.T @ d_hidden, hidden.T @ d_logits, xp.sum(d_logits, axis=0))
+    return probs, hidden, d_logits, d_hidden
 
 
 def sgd_step(params: Params, grads: Params, lr: float) -> Params:

@@ -13,8 +13,8 @@ import numpy as np
 from .backend import Backend, backend_of, compiled, index_dtype, namespace, skips_zero_columns, to_numpy
 from .errors import ConfigError, DivergenceError, InputError
 from .model import (
-    DTYPES, INITS, PROB_CLIP, FoldedParams, Params, as_index, descend, fold_bias, init_params, one_hot, predict,
-    sample_losses, scaled_grads, unfold_bias, with_ones_column,
+    DTYPES, INITS, PROB_CLIP, FoldedParams, Params, as_index, descend, fold_bias, init_params, layer_errors, one_hot,
+    predict, sample_losses, scaled_grads, unfold_bias, with_ones_column,
 )
 
 EVAL_CHUNK = 10_000
@@ -133,11 +133,22 @@ class DesignMatrix(NamedTuple):
     exactly zero gradient in the seed's algorithm, so its row of W1 never moves: leaving it out
     changes no result (up to summation order) and saves its share of both big products per step.
     In MNIST's training set 67 of the 784 pixels are always 0 (8.5% of those products).
+
+    The kept columns are in order of how many samples use them (are nonzero there), fewest first,
+    so that the columns almost every batch uses form one block at the end, ones column included
+    (``common_columns``; ``_step_on_used_columns`` says why).
     """
 
-    x: Any  # (N, k + 1): the k used columns, then ones
+    x: Any  # (N, k + 1): the k used columns, least used first, then ones
     kept: Any  # (k,): which input columns those are
     restore: Any  # (n_in,): each W1 row's position in concat([trained rows, starting W1])
+    usage: np.ndarray  # (k + 1,) host floats: the fraction of samples in which each column is nonzero
+
+    def common_columns(self, batch_size: int) -> int:
+        """How many of the last columns of ``x`` a batch of ``batch_size`` random samples uses
+        (has a nonzero in) with probability ``COMMON_USE`` or more: at least 1, the ones column."""
+        used_by_a_batch = 1.0 - (1.0 - self.usage) ** batch_size
+        return int(np.count_nonzero(used_by_a_batch >= COMMON_USE))
 
     def fold(self, params: Params) -> FoldedParams:
         """The loop's parameters: W1's rows for the kept columns, then b1; W2 and b2 as they are."""
@@ -152,16 +163,19 @@ class DesignMatrix(NamedTuple):
 
 
 def design_matrix(x: Any) -> DesignMatrix:
-    """The columns of ``x`` that are nonzero in some sample, then a column of ones, on ``x``'s
-    device (a copy, row-major on NumPy: a batch is a gather of whole rows). Reads one (n_in,) mask
-    back to the host: once per run, before any epoch."""
+    """The columns of ``x`` that are nonzero in some sample, least used first, then a column of
+    ones, on ``x``'s device (a copy, row-major on NumPy: a batch is a gather of whole rows). Reads
+    one (n_in,) count of nonzeros back to the host: once per run, before any epoch."""
     xp = namespace(x)
     dev = array_api_compat.device(x)
-    used = to_numpy(xp.any(x != 0, axis=0)).astype(bool)
-    kept = np.flatnonzero(used)
-    restore = np.where(used, np.cumsum(used) - 1, kept.size + np.arange(used.size))
+    counts = to_numpy(xp.count_nonzero(x, axis=0)).astype(np.int64)
+    used = np.flatnonzero(counts)
+    kept = used[np.argsort(counts[used], kind="stable")]
+    restore = kept.size + np.arange(counts.size)  # an unused column's row: from the starting W1
+    restore[kept] = np.arange(kept.size)
+    usage = np.append(counts[kept] / x.shape[0], 1.0)
     kept_d, restore_d = (xp.asarray(a, dtype=index_dtype(xp), device=dev) for a in (kept, restore))
-    return DesignMatrix(_columns_then_ones(xp, x, kept_d), kept_d, restore_d)
+    return DesignMatrix(_columns_then_ones(xp, x, kept_d), kept_d, restore_d, usage)
 
 
 def _columns_then_ones(xp: Any, x: Any, columns: Any) -> Any:
@@ -198,21 +212,24 @@ def run_epoch(
     labels = as_index(xp, labels)  # any integer dtype: the hit count below is kept in it and must not wrap
     y_epoch = xp.take(labels, order, axis=0)
     targets = one_hot(y_epoch, params.W2.shape[1], x.dtype)
-    step = _step_on_used_columns if skips_zero_columns(x) else compiled(_gather_and_update, xp, static_argnames=("xp", "lr"))
     tally = compiled(_tally, xp, static_argnames=("batch_size",))
     dev = array_api_compat.device(x)
     loss_sum, hits = xp.zeros((), dtype=x.dtype, device=dev), xp.zeros((), dtype=labels.dtype, device=dev)
-    folded = design.fold(params)
+    if skips_zero_columns(x):
+        step, state = _step_on_used_columns, split_rows(design.fold(params), x.shape[1] - design.common_columns(batch_size))
+    else:
+        step, state = compiled(_gather_and_update, xp, static_argnames=("xp", "lr")), design.fold(params)
     pending, pending_from, n = [], 0, x.shape[0]
     for start in range(0, n, batch_size):
         stop = min(start + batch_size, n)
-        folded, probs = step(folded, x, order[start:stop], targets[start:stop, ...], xp=xp, lr=lr)
+        state, probs = step(state, x, order[start:stop], targets[start:stop, ...], xp=xp, lr=lr)
         pending.append(probs)
         if len(pending) == TALLY_EVERY or stop == n:
             loss_sum, hits = tally(loss_sum, hits, pending, y_epoch[pending_from:stop], batch_size=batch_size)
             pending, pending_from = [], stop
         if on_batch is not None:
             on_batch()
+    folded = join_rows(state) if isinstance(state, SplitParams) else state
     return design.unfold(folded, params), loss_sum, hits
 
 
@@ -227,21 +244,57 @@ def _gather_and_update(params: FoldedParams, x: Any, batch_order: Any, targets: 
     return descend(params, steps), probs
 
 
-def _step_on_used_columns(params: FoldedParams, x: Any, batch_order: Any, targets: Any, xp: Any,
-                          lr: float) -> tuple[FoldedParams, Any]:
+class SplitParams(NamedTuple):
+    """``FoldedParams`` with W1b cut in two at a row: the rows of the rarely used design columns,
+    then those of the common ones (``DesignMatrix.common_columns``), b1 last."""
+
+    W1_rare: Any
+    W1_common: Any
+    W2: Any
+    b2: Any
+
+
+def split_rows(folded: FoldedParams, n_rare: int) -> SplitParams:
+    """Two new arrays of W1b's rows: the first ``n_rare``, and the rest."""
+    xp = namespace(folded.W1b)
+    return SplitParams(xp.asarray(folded.W1b[:n_rare, ...], copy=True), xp.asarray(folded.W1b[n_rare:, ...], copy=True),
+                       folded.W2, folded.b2)
+
+
+def join_rows(split: SplitParams) -> FoldedParams:
+    xp = namespace(split.W1_rare, split.W1_common)
+    return FoldedParams(xp.concat([split.W1_rare, split.W1_common], axis=0), split.W2, split.b2)
+
+
+COMMON_USE = 0.7  # a column that a batch uses at least this often is multiplied in every step
+
+
+def _step_on_used_columns(params: SplitParams, x: Any, batch_order: Any, targets: Any, xp: Any,
+                          lr: float) -> tuple[SplitParams, Any]:
     """``_gather_and_update`` with both big products taken over only the columns that are nonzero
-    in some row of the batch (the ones column always is). A column that is zero in the whole batch
+    in some row of the batch, except the common ones. A column that is zero in the whole batch
     adds exactly nothing to ``x @ W1b`` and gets an exactly zero gradient row, so its row of W1b is
     left as it is, and the step is the dense one's up to summation order. A batch of 64 MNIST
-    images uses ~494 of the 718 columns, one of 8 ~365. W1b is updated in place (the loop owns it:
-    ``DesignMatrix.fold`` made it), which backend.skips_zero_columns allows only where that works."""
-    W1b, W2, b2 = params  # unpacked, not params._replace(...): 1 us less per step
+    images uses ~494 of the 718 columns, one of 8 ~365.
+
+    Skipping costs a gather of the used rows of W1b and a scattered write of their update, and most
+    of a batch's used columns are the ones nearly every batch uses. So the columns that a batch
+    uses with probability 0.7 or more (``COMMON_USE``; 319 at batch 8, 373 at 16, 467 at 64) are
+    multiplied in every step, through a slice of the batch and their own block of W1b, with no
+    gather and no scatter; only the rest are checked per batch. Against skipping over all columns
+    (plain-NumPy copies of both steps, alternating epochs, 2-core Intel Xeon): 1.26x faster at batch
+    8, 1.28x at 16, 1.21x at 32, 1.15x at 64, and within 3% of that for any threshold from 0.5 to
+    0.8. The rare block is updated in place (the loop owns it: ``split_rows`` made it), which
+    backend.skips_zero_columns allows only where that works."""
+    rare, common, W2, b2 = params  # unpacked, not params._replace(...): 1 us less per step
     batch = xp.take(x, batch_order, axis=0)
-    used = xp.nonzero(xp.any(batch != 0, axis=0))[0]
-    rows = xp.take(W1b, used, axis=0)
-    probs, steps = scaled_grads(xp, FoldedParams(rows, W2, b2), xp.take(batch, used, axis=1), targets, lr)
-    W1b[used] = rows - steps.W1b
-    return FoldedParams(W1b, W2 - steps.W2, b2 - steps.b2), probs
+    n_rare = rare.shape[0]
+    x_rare, x_common = batch[:, :n_rare], batch[:, n_rare:]
+    used = xp.nonzero(xp.any(x_rare != 0, axis=0))[0]
+    rows, x_used = xp.take(rare, used, axis=0), xp.take(x_rare, used, axis=1)
+    probs, hidden, d_logits, d_hidden = layer_errors(xp, x_common @ common + x_used @ rows, W2, b2, targets, lr)
+    rare[used] = rows - x_used.T @ d_hidden
+    return SplitParams(rare, common - x_common.T @ d_hidden, W2 - hidden.T @ d_logits, b2 - xp.sum(d_logits, axis=0)), probs
 
 
 TALLY_EVERY = 64  # batches per tally: bounds what is kept, and on JAX the operands of one concat
