@@ -185,8 +185,8 @@ def executed_columns(records: list[dict]) -> str:
     if not parts:
         return f"all {MODEL_INPUTS} columns in every row"
     return (f"all {MODEL_INPUTS} columns except " + "; ".join(parts) + " (718: the pixels nonzero somewhere in the "
-            "training set, plus the ones column that carries b1; fewer: only the columns nonzero in each batch, "
-            "on average)")
+            "training set, plus the ones column that carries b1; fewer: the block of common columns and, of the "
+            "others, those nonzero in each batch, on average)")
 
 
 def _layer_alone_note(by: dict, sizes: list[int]) -> str:
