@@ -237,12 +237,13 @@ class NumpyFast(_SkipsZeroColumns, _NumpyGemm, Impl):
         self.y = np.asarray(y, dtype=np.intp)
         self.product_inputs = self.X.shape[1]
         from xpmlp.model import normal_floor  # the same floor as xpmlp's step (model.scaled_grads)
-        from xpmlp.training import COMMON_USE  # and the same split into common and checked columns
 
-        self.logit_floor, self.common_use = normal_floor(np, np.dtype(dtype)), COMMON_USE
+        self.logit_floor = normal_floor(np, np.dtype(dtype))
 
     def common_columns(self, batch_size):
-        return int(np.count_nonzero(1.0 - (1.0 - self.usage) ** batch_size >= self.common_use))
+        from xpmlp.training import common_columns  # the same split into common and checked columns
+
+        return common_columns(self.usage, batch_size)
 
     def init(self, params):
         W1, b1, W2, b2 = (np.array(p, dtype=self.dtype) for p in params)

@@ -145,10 +145,9 @@ class DesignMatrix(NamedTuple):
     usage: np.ndarray  # (k + 1,) host floats: the fraction of samples in which each column is nonzero
 
     def common_columns(self, batch_size: int) -> int:
-        """How many of the last columns of ``x`` a batch of ``batch_size`` random samples uses
-        (has a nonzero in) with probability ``COMMON_USE`` or more: at least 1, the ones column."""
-        used_by_a_batch = 1.0 - (1.0 - self.usage) ** batch_size
-        return int(np.count_nonzero(used_by_a_batch >= COMMON_USE))
+        """How many of the last columns of ``x`` are common at this batch size (``common_columns``):
+        at least 1, the ones column."""
+        return common_columns(self.usage, batch_size)
 
     def fold(self, params: Params) -> FoldedParams:
         """The loop's parameters: W1's rows for the kept columns, then b1; W2 and b2 as they are."""
@@ -215,7 +214,8 @@ def run_epoch(
     tally = compiled(_tally, xp, static_argnames=("batch_size",))
     dev = array_api_compat.device(x)
     loss_sum, hits = xp.zeros((), dtype=x.dtype, device=dev), xp.zeros((), dtype=labels.dtype, device=dev)
-    if skips_zero_columns(x):
+    skipping = skips_zero_columns(x)
+    if skipping:
         step, state = _step_on_used_columns, split_rows(design.fold(params), x.shape[1] - design.common_columns(batch_size))
     else:
         step, state = compiled(_gather_and_update, xp, static_argnames=("xp", "lr")), design.fold(params)
@@ -229,7 +229,7 @@ def run_epoch(
             pending, pending_from = [], stop
         if on_batch is not None:
             on_batch()
-    folded = join_rows(state) if isinstance(state, SplitParams) else state
+    folded = join_rows(state) if skipping else state
     return design.unfold(folded, params), loss_sum, hits
 
 
@@ -267,6 +267,14 @@ def join_rows(split: SplitParams) -> FoldedParams:
 
 
 COMMON_USE = 0.7  # a column that a batch uses at least this often is multiplied in every step
+
+
+def common_columns(usage: np.ndarray, batch_size: int) -> int:
+    """How many columns, of those used by the fractions ``usage`` of the samples, a batch of
+    ``batch_size`` random samples uses (has a nonzero in) with probability ``COMMON_USE`` or more.
+    With ``usage`` in ascending order, as the design matrix has it, they are the last ones."""
+    used_by_a_batch = 1.0 - (1.0 - usage) ** batch_size
+    return int(np.count_nonzero(used_by_a_batch >= COMMON_USE))
 
 
 def _step_on_used_columns(params: SplitParams, x: Any, batch_order: Any, targets: Any, xp: Any,
