@@ -54,7 +54,7 @@ class Impl:
         """GFLOP/s of an n^3 matmul in this row's library, device and dtype (median of ``repeats``)."""
         raise NotImplementedError
 
-    def executed_inputs(self, order: np.ndarray, batch_size: int) -> float | None:
+    def executed_inputs(self, order: np.ndarray, batch_size: int, hidden: int) -> float | None:
         """Columns the two big products multiply per sample, on average, where that depends on the
         batch (rows that skip each batch's all-zero columns); None: ``product_inputs`` throughout."""
         return None
@@ -78,6 +78,26 @@ def mean_used_columns(x: np.ndarray, order: np.ndarray, batch_size: int, n_commo
     return total / n
 
 
+def mean_deferred_rows(n: int, batch_size: int, room: int) -> float:
+    """The mean over samples of how many rows of deferred updates (``training._step_on_used_columns``)
+    the sample's step corrects its forward product for, with ``room`` rows set aside."""
+    total, pending = 0, 0
+    for start in range(0, n if room else 0, batch_size):
+        rows = min(batch_size, n - start)
+        total += rows * pending
+        pending += rows
+        if pending + rows > room:
+            pending = 0
+    return total / n
+
+
+def correction_columns(pending_rows: float, n_common: int, hidden: int) -> float:
+    """The FLOPs of correcting a sample's forward product for ``pending_rows`` deferred rows,
+    ``2 * p * (n_common + hidden)`` (``x @ X.T`` and its product with ``D``), in columns of the two
+    big products (``4 * hidden`` FLOPs each per sample)."""
+    return pending_rows * (n_common + hidden) / (2 * hidden)
+
+
 class _SkipsZeroColumns:
     """``executed_inputs`` for rows whose step may multiply only each batch's nonzero columns of the
     matrix ``_skipped_matrix()`` returns (None: this row's step is dense); counted once per batch
@@ -91,12 +111,19 @@ class _SkipsZeroColumns:
         """How many of the matrix's last columns the step multiplies in every batch, unchecked."""
         return 0
 
-    def executed_inputs(self, order, batch_size):
+    def executed_inputs(self, order, batch_size, hidden):
         counted = self.__dict__.setdefault("_used_columns", {})
         if batch_size not in counted:
             x = self._skipped_matrix()
-            counted[batch_size] = None if x is None else mean_used_columns(x, order, batch_size,
-                                                                           self.common_columns(batch_size))
+            if x is None:
+                counted[batch_size] = None
+            else:
+                from xpmlp.training import deferred_rows
+
+                n_common = self.common_columns(batch_size)
+                pending = mean_deferred_rows(order.shape[0], batch_size, deferred_rows(batch_size))
+                counted[batch_size] = (mean_used_columns(x, order, batch_size, n_common)
+                                       + correction_columns(pending, n_common, hidden))
         return counted[batch_size]
 
 
@@ -218,7 +245,8 @@ class NumpyFast(_SkipsZeroColumns, _NumpyGemm, Impl):
     is W1's last row), one ``take`` per batch, both big products over the common columns (those a
     batch uses with probability 0.7 or more, xpmlp's ``COMMON_USE``: a slice of the batch and its
     own block of W1b) and over only those of the other columns that are nonzero in the batch, their
-    rows of W1b gathered and written back in place (as xpmlp does on NumPy), the ReLU mask reused by the
+    rows of W1b gathered and written back in place (as xpmlp does on NumPy), the common block's
+    updates deferred and applied up to 128 rows at a time (xpmlp's ``deferred_rows``), the ReLU mask reused by the
     backward pass, the shifted logits floored so that no subnormal number enters the step (as
     xpmlp does), lr folded into the (B, 10) output error, functional updates of W2 and b2, and
     the loss and hits taken from 64 batches' probabilities at a time as host numbers. Array methods
@@ -257,6 +285,10 @@ class NumpyFast(_SkipsZeroColumns, _NumpyGemm, Impl):
         n_total, scoped, floor = X.shape[0], self.scoped, self.logit_floor
         n_rare = X.shape[1] - self.common_columns(batch_size)
         rare, common = W1b[:n_rare].copy(), W1b[n_rare:].copy()
+        from xpmlp.training import deferred_rows  # the same room for deferred updates
+
+        room, n_deferred = deferred_rows(batch_size), 0
+        deferred_x, deferred_d = np.empty((room, common.shape[0]), self.dtype), np.empty((room, common.shape[1]), self.dtype)
         for start in range(0, n_total, batch_size):
             stop = min(start + batch_size, n_total)
             xb = X.take(order[start:stop], axis=0)
@@ -264,6 +296,8 @@ class NumpyFast(_SkipsZeroColumns, _NumpyGemm, Impl):
             used = np.flatnonzero((x_rare != 0).any(axis=0))  # 5.0 us; x.any(axis=0) 6.0
             x_used, rows = x_rare.take(used, axis=1), rare.take(used, axis=0)
             z = x_common @ common + x_used @ rows
+            if n_deferred:
+                z -= (x_common @ deferred_x[:n_deferred].T) @ deferred_d[:n_deferred]
             active = (z > 0).astype(z.dtype)
             hidden = z * active
             logits = hidden @ W2 + b2
@@ -272,7 +306,14 @@ class NumpyFast(_SkipsZeroColumns, _NumpyGemm, Impl):
             d_logits = lr * (probs - targets[start:stop])
             d_hidden = (d_logits @ W2.T) * active
             rare[used] = rows - x_used.T @ d_hidden
-            common = common - x_common.T @ d_hidden
+            if room == 0:
+                common = common - x_common.T @ d_hidden
+            else:
+                m = stop - start
+                deferred_x[n_deferred:n_deferred + m], deferred_d[n_deferred:n_deferred + m] = x_common, d_hidden
+                n_deferred += m
+                if n_deferred + m > room:
+                    common, n_deferred = common - deferred_x[:n_deferred].T @ deferred_d[:n_deferred], 0
             W2, b2 = W2 - hidden.T @ d_logits, b2 - d_logits.sum(axis=0)
             if scoped:
                 del xb, x_rare, x_common, used, x_used, rows, z, active, hidden, logits, e, d_logits, d_hidden
@@ -286,6 +327,8 @@ class NumpyFast(_SkipsZeroColumns, _NumpyGemm, Impl):
                     loss_sum += float(losses[n_full:].mean())
                 hits += int(np.count_nonzero(p.argmax(axis=1) == y))
                 pending, pending_from = [], stop
+        if n_deferred:
+            common = common - deferred_x[:n_deferred].T @ deferred_d[:n_deferred]
         return [np.concatenate([rare, common]), W2, b2, W1], loss_sum, hits
 
     def host_params(self, state):

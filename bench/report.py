@@ -186,7 +186,8 @@ def executed_columns(records: list[dict]) -> str:
         return f"all {MODEL_INPUTS} columns in every row"
     return (f"all {MODEL_INPUTS} columns except " + "; ".join(parts) + " (718: the pixels nonzero somewhere in the "
             "training set, plus the ones column that carries b1; fewer: the block of common columns and, of the "
-            "others, those nonzero in each batch, on average)")
+            "others, those nonzero in each batch, on average, plus the products that correct each step for the "
+            "common block's deferred updates, counted in the same columns)")
 
 
 def _layer_alone_note(by: dict, sizes: list[int]) -> str:

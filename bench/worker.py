@@ -119,7 +119,7 @@ def main() -> None:
                 seconds = time.perf_counter() - start
                 runs[bs][0] = state
                 done = {"seconds": seconds, "loss": loss_sum / (n / bs), "accuracy": hits / n}
-                executed = impl.executed_inputs(order, bs)  # after the clock stopped
+                executed = impl.executed_inputs(order, bs, config["hidden"])  # after the clock stopped
                 reply(done if executed is None else {**done, "product_inputs": executed})
             elif cmd["cmd"] == "gemm":
                 gflops = impl.gemm_rate(cmd.get("n", 2048), cmd.get("repeats", 5))

@@ -313,6 +313,56 @@ def test_the_column_skipping_step_is_the_dense_step(backend, split):
     assert np.abs(to_numpy(skipped.W1b) - before).max(axis=1)[np.setdiff1d(np.arange(before.shape[0]), unused)].min() > 0
 
 
+def test_deferred_updates_of_the_common_block_give_the_dense_steps():
+    """Five steps of batch 8 (the last of 4 rows) with room for 16 deferred rows: the 2nd and 4th
+    step apply what was deferred, steps 2, 3 and 5 correct their forward product for a pending
+    batch, and ``join_rows`` applies the last one. Parameters and every step's probabilities equal
+    five dense steps' up to summation order (float64: a few dozen ulps of the largest entry), and
+    the rows of the columns that no batch uses stay bit for bit."""
+    from xpmlp.backend import index_dtype
+    from xpmlp.training import _gather_and_update, _step_on_used_columns, design_matrix, join_rows, split_rows
+
+    rng = np.random.default_rng(5)
+    x = rng.random((40, 60))
+    x[x < 0.8] = 0.0
+    x[:, :5] = rng.random((40, 5)) + 0.1
+    order = rng.permutation(40)[:36]
+    x[:, 50:55] = 0.5
+    x[order, 50:55] = 0.0  # columns that only the 4 samples left out use
+    design = design_matrix(x)
+    n_columns = design.x.shape[1]
+    params = model.init_params(3, 60, 12, 10, init="he", dtype="float64")
+    dense = design.fold(params)
+    before = np.array(dense.W1b)
+    split = split_rows(dense, n_columns - design.common_columns(8), deferred_rows=16)
+    targets = model.one_hot(rng.integers(0, 10, 36), 10, np.float64)
+    pending_after = []
+    for start in range(0, 36, 8):
+        batch_order = np.asarray(order[start:start + 8], dtype=index_dtype(np))
+        dense, dense_probs = _gather_and_update(dense, design.x, batch_order, targets[start:start + 8], np, 0.05)
+        split, probs = _step_on_used_columns(split, design.x, batch_order, targets[start:start + 8], np, 0.05)
+        np.testing.assert_allclose(probs, dense_probs, rtol=0, atol=_tol(None))
+        pending_after.append(split.n_deferred)
+    assert pending_after == [8, 0, 8, 0, 4]
+    joined = join_rows(split)
+    for got, want in zip(joined, dense):
+        np.testing.assert_allclose(got, want, rtol=0, atol=_tol(None) * np.abs(want).max())
+    unused = np.flatnonzero(~design.x[order].any(axis=0))
+    assert unused.size >= 5
+    np.testing.assert_array_equal(joined.W1b[unused], before[unused])
+
+
+def test_deferred_rows_hold_as_many_whole_batches_as_fit_and_at_least_two():
+    from xpmlp.training import DEFERRED_ROWS, deferred_rows
+
+    for batch_size in range(1, 2 * DEFERRED_ROWS):
+        rows = deferred_rows(batch_size)
+        if rows:
+            assert rows % batch_size == 0 and 2 <= rows // batch_size and rows <= DEFERRED_ROWS < rows + batch_size
+        else:
+            assert 2 * batch_size > DEFERRED_ROWS
+
+
 def test_the_design_matrix_orders_columns_by_use_and_names_the_common_ones():
     """Columns least used first, the ones column last; ``common_columns`` counts the trailing
     columns that a batch of that size uses with probability ``COMMON_USE`` or more."""
