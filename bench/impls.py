@@ -118,10 +118,11 @@ class _SkipsZeroColumns:
             if x is None:
                 counted[batch_size] = None
             else:
+                from xpmlp.backend import deferred_update_rows
                 from xpmlp.training import deferred_rows
 
                 n_common = self.common_columns(batch_size)
-                pending = mean_deferred_rows(order.shape[0], batch_size, deferred_rows(batch_size))
+                pending = mean_deferred_rows(order.shape[0], batch_size, deferred_rows(batch_size, deferred_update_rows(x)))
                 counted[batch_size] = (mean_used_columns(x, order, batch_size, n_common)
                                        + correction_columns(pending, n_common, hidden))
         return counted[batch_size]
@@ -246,7 +247,7 @@ class NumpyFast(_SkipsZeroColumns, _NumpyGemm, Impl):
     batch uses with probability 0.7 or more, xpmlp's ``COMMON_USE``: a slice of the batch and its
     own block of W1b) and over only those of the other columns that are nonzero in the batch, their
     rows of W1b gathered and written back in place (as xpmlp does on NumPy), the common block's
-    updates deferred and applied up to 128 rows at a time (xpmlp's ``deferred_rows``), the ReLU mask reused by the
+    updates deferred and applied up to 128 rows at a time (xpmlp's ``training.deferred_rows`` on NumPy), the ReLU mask reused by the
     backward pass, the shifted logits floored so that no subnormal number enters the step (as
     xpmlp does), lr folded into the (B, 10) output error, functional updates of W2 and b2, and
     the loss and hits taken from 64 batches' probabilities at a time as host numbers. Array methods
@@ -285,9 +286,10 @@ class NumpyFast(_SkipsZeroColumns, _NumpyGemm, Impl):
         n_total, scoped, floor = X.shape[0], self.scoped, self.logit_floor
         n_rare = X.shape[1] - self.common_columns(batch_size)
         rare, common = W1b[:n_rare].copy(), W1b[n_rare:].copy()
+        from xpmlp.backend import deferred_update_rows
         from xpmlp.training import deferred_rows  # the same room for deferred updates
 
-        room, n_deferred = deferred_rows(batch_size), 0
+        room, n_deferred = deferred_rows(batch_size, deferred_update_rows(X)), 0
         deferred_x, deferred_d = np.empty((room, common.shape[0]), self.dtype), np.empty((room, common.shape[1]), self.dtype)
         for start in range(0, n_total, batch_size):
             stop = min(start + batch_size, n_total)

@@ -342,7 +342,7 @@ def test_deferred_updates_of_the_common_block_give_the_dense_steps():
         dense, dense_probs = _gather_and_update(dense, design.x, batch_order, targets[start:start + 8], np, 0.05)
         split, probs = _step_on_used_columns(split, design.x, batch_order, targets[start:start + 8], np, 0.05)
         np.testing.assert_allclose(probs, dense_probs, rtol=0, atol=_tol(None))
-        pending_after.append(split.n_deferred)
+        pending_after.append(split.deferred.n)
     assert pending_after == [8, 0, 8, 0, 4]
     joined = join_rows(split)
     for got, want in zip(joined, dense):
@@ -352,15 +352,54 @@ def test_deferred_updates_of_the_common_block_give_the_dense_steps():
     np.testing.assert_array_equal(joined.W1b[unused], before[unused])
 
 
-def test_deferred_rows_hold_as_many_whole_batches_as_fit_and_at_least_two():
-    from xpmlp.training import DEFERRED_ROWS, deferred_rows
+DEFERS = {"numpy": 128, "torch": 96, "array_api_strict": 0, "jax": 0, "cupy": 0}
 
-    for batch_size in range(1, 2 * DEFERRED_ROWS):
-        rows = deferred_rows(batch_size)
+
+def test_the_dense_step_with_deferred_updates_is_the_dense_step(backend):
+    """``_gather_and_defer`` (PyTorch's CPU step in ``run_epoch``) over five steps of batch 8, the
+    last of 4 rows, with room for 16 rows: W1b's updates applied after steps 2 and 4 and by the
+    caller after step 5. Parameters and probabilities equal five dense steps' up to summation
+    order, on every backend whose arrays can be written (JAX's cannot). ``deferred_update_rows``
+    says where ``run_epoch`` uses it: on the CPU, NumPy (in the column-skipping step) and PyTorch."""
+    from xpmlp.backend import deferred_update_rows, index_dtype
+    from xpmlp.training import _gather_and_defer, _gather_and_update, apply_deferred, design_matrix, room_for_deferred
+
+    xp = backend.xp
+    on_gpu = "cuda" in str(backend.device).lower() or backend.name == "cupy"
+    rng = np.random.default_rng(6)
+    design = design_matrix(backend.asarray(rng.random((40, 30)), xp.float64))
+    assert deferred_update_rows(design.x) == (0 if on_gpu else DEFERS[backend.name])
+    if backend.name == "jax":
+        return
+    dense = design.fold(model.init_params(4, 30, 12, 10, init="he", dtype="float64", xp=xp, device=backend.device))
+    state = (dense, room_for_deferred(dense.W1b, 16))
+    order = rng.permutation(40)[:36]
+    targets = model.one_hot(backend.asarray(rng.integers(0, 10, 36), xp.int64), 10, xp.float64)
+    pending_after = []
+    for start in range(0, 36, 8):
+        stop = min(start + 8, 36)  # a slice past the end is unspecified (array-api-strict refuses it)
+        batch_order, batch_targets = backend.asarray(order[start:stop], index_dtype(xp)), targets[start:stop, ...]
+        dense, dense_probs = _gather_and_update(dense, design.x, batch_order, batch_targets, xp, 0.05)
+        state, probs = _gather_and_defer(state, design.x, batch_order, batch_targets, xp, 0.05)
+        np.testing.assert_allclose(to_numpy(probs), to_numpy(dense_probs), rtol=0, atol=_tol(backend))
+        pending_after.append(state[1].n)
+    assert pending_after == [8, 0, 8, 0, 4]
+    got = state[0]._replace(W1b=apply_deferred(state[0].W1b, state[1]))
+    for a, want in zip(got, dense):
+        want = to_numpy(want)
+        np.testing.assert_allclose(to_numpy(a), want, rtol=0, atol=_tol(backend) * np.abs(want).max())
+
+
+@pytest.mark.parametrize("max_rows", [0, 1, 64, 128])
+def test_deferred_rows_hold_as_many_whole_batches_as_fit_and_at_least_two(max_rows):
+    from xpmlp.training import deferred_rows
+
+    for batch_size in range(1, 2 * max_rows + 2):
+        rows = deferred_rows(batch_size, max_rows)
         if rows:
-            assert rows % batch_size == 0 and 2 <= rows // batch_size and rows <= DEFERRED_ROWS < rows + batch_size
+            assert rows % batch_size == 0 and 2 <= rows // batch_size and rows <= max_rows < rows + batch_size
         else:
-            assert 2 * batch_size > DEFERRED_ROWS
+            assert 2 * batch_size > max_rows
 
 
 def test_the_design_matrix_orders_columns_by_use_and_names_the_common_ones():

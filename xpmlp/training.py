@@ -10,7 +10,9 @@ from typing import Any, Callable, Iterator, NamedTuple
 import array_api_compat
 import numpy as np
 
-from .backend import Backend, backend_of, compiled, index_dtype, namespace, skips_zero_columns, to_numpy
+from .backend import (
+    Backend, backend_of, compiled, deferred_update_rows, index_dtype, namespace, skips_zero_columns, to_numpy,
+)
 from .errors import ConfigError, DivergenceError, InputError
 from .model import (
     DTYPES, INITS, PROB_CLIP, FoldedParams, Params, as_index, descend, fold_bias, init_params, layer_errors, one_hot,
@@ -214,10 +216,12 @@ def run_epoch(
     tally = compiled(_tally, xp, static_argnames=("batch_size",))
     dev = array_api_compat.device(x)
     loss_sum, hits = xp.zeros((), dtype=x.dtype, device=dev), xp.zeros((), dtype=labels.dtype, device=dev)
-    skipping = skips_zero_columns(x)
+    skipping, room = skips_zero_columns(x), deferred_rows(batch_size, deferred_update_rows(x))
     if skipping:
-        step, state = _step_on_used_columns, split_rows(design.fold(params), x.shape[1] - design.common_columns(batch_size),
-                                                        deferred_rows(batch_size))
+        step, state = _step_on_used_columns, split_rows(design.fold(params), x.shape[1] - design.common_columns(batch_size), room)
+    elif room:
+        folded = design.fold(params)
+        step, state = _gather_and_defer, (folded, room_for_deferred(folded.W1b, room))
     else:
         step, state = compiled(_gather_and_update, xp, static_argnames=("xp", "lr")), design.fold(params)
     pending, pending_from, n = [], 0, x.shape[0]
@@ -230,7 +234,12 @@ def run_epoch(
             pending, pending_from = [], stop
         if on_batch is not None:
             on_batch()
-    folded = join_rows(state) if skipping else state
+    if skipping:
+        folded = join_rows(state)
+    elif room:
+        folded = state[0]._replace(W1b=apply_deferred(state[0].W1b, state[1]))
+    else:
+        folded = state
     return design.unfold(folded, params), loss_sum, hits
 
 
@@ -245,45 +254,84 @@ def _gather_and_update(params: FoldedParams, x: Any, batch_order: Any, targets: 
     return descend(params, steps), probs
 
 
+class Deferred(NamedTuple):
+    """Updates to a block ``W`` of W1b's rows that are kept as factors, not yet applied: the block
+    is ``W - x[:n].T @ d[:n]`` (``_step_on_used_columns`` says why)."""
+
+    x: Any  # (rows, n_columns): the block's columns of the batches since W was last updated
+    d: Any  # (rows, n_hidden): those batches' scaled hidden errors
+    n: int  # how many of those rows are filled
+
+
+def room_for_deferred(block: Any, rows: int) -> Deferred:
+    """Empty room for ``rows`` rows of deferred updates to ``block`` (none: every step updates it)."""
+    xp, dev = namespace(block), array_api_compat.device(block)
+    return Deferred(xp.empty((rows, block.shape[0]), dtype=block.dtype, device=dev),
+                    xp.empty((rows, block.shape[1]), dtype=block.dtype, device=dev), 0)
+
+
+def minus_deferred(z: Any, x: Any, deferred: Deferred) -> Any:
+    """``z`` (a product ``x @ block`` and maybe more) for the block with its pending updates:
+    ``x @ (block - X.T @ D) = x @ block - (x @ X.T) @ D``, two small products."""
+    n = deferred.n
+    return z - (x @ deferred.x[:n, ...].T) @ deferred.d[:n, ...] if n else z
+
+
+def update_deferred(block: Any, x: Any, d_hidden: Any, deferred: Deferred) -> tuple[Any, Deferred]:
+    """The block after the update ``x.T @ d_hidden``: kept in the room, or, once no further batch
+    of this size fits there, applied with all that is pending in one product. Batches after the
+    first must be no larger than the one before (``run_epoch``'s are)."""
+    room, n, n_rows = deferred.x.shape[0], deferred.n, x.shape[0]
+    if room == 0:
+        return block - x.T @ d_hidden, deferred
+    deferred.x[n:n + n_rows, ...] = x
+    deferred.d[n:n + n_rows, ...] = d_hidden
+    n += n_rows
+    if n + n_rows > room:
+        return apply_deferred(block, Deferred(deferred.x, deferred.d, n)), Deferred(deferred.x, deferred.d, 0)
+    return block, Deferred(deferred.x, deferred.d, n)
+
+
+def apply_deferred(block: Any, deferred: Deferred) -> Any:
+    n = deferred.n
+    return block - deferred.x[:n, ...].T @ deferred.d[:n, ...] if n else block
+
+
+def deferred_rows(batch_size: int, max_rows: int) -> int:
+    """Room for the updates of as many whole batches as fit in ``max_rows`` rows, or none where
+    that is fewer than two (a batch of more than half of them): deferring one saves nothing."""
+    n_batches = max_rows // batch_size
+    return n_batches * batch_size if n_batches >= 2 else 0
+
+
 class SplitParams(NamedTuple):
     """``FoldedParams`` with W1b cut in two at a row: the rows of the rarely used design columns,
-    then those of the common ones (``DesignMatrix.common_columns``), b1 last. The common block's
-    latest updates are kept as factors, not yet applied (``_step_on_used_columns`` says why): the
-    block is ``W1_common - deferred_x[:n_deferred].T @ deferred_d[:n_deferred]``."""
+    then those of the common ones (``DesignMatrix.common_columns``), b1 last, and the common
+    block's deferred updates."""
 
     W1_rare: Any
     W1_common: Any
     W2: Any
     b2: Any
-    deferred_x: Any  # (rows, n_common): the common columns of the batches since W1_common was updated
-    deferred_d: Any  # (rows, n_hidden): those batches' scaled hidden errors
-    n_deferred: int  # how many of those rows are filled
+    deferred: Deferred
 
 
 def split_rows(folded: FoldedParams, n_rare: int, deferred_rows: int = 0) -> SplitParams:
     """Two new arrays of W1b's rows, the first ``n_rare`` and the rest, and room for
-    ``deferred_rows`` rows of deferred updates (none: every step updates the common block)."""
+    ``deferred_rows`` rows of deferred updates to the second."""
     xp = namespace(folded.W1b)
     rare, common = (xp.asarray(rows, copy=True) for rows in (folded.W1b[:n_rare, ...], folded.W1b[n_rare:, ...]))
-    dev = array_api_compat.device(common)
-    deferred_x = xp.empty((deferred_rows, common.shape[0]), dtype=common.dtype, device=dev)
-    deferred_d = xp.empty((deferred_rows, common.shape[1]), dtype=common.dtype, device=dev)
-    return SplitParams(rare, common, folded.W2, folded.b2, deferred_x, deferred_d, 0)
+    return SplitParams(rare, common, folded.W2, folded.b2, room_for_deferred(common, deferred_rows))
 
 
 def join_rows(split: SplitParams) -> FoldedParams:
     """``FoldedParams`` again, with the deferred updates applied."""
     xp = namespace(split.W1_rare, split.W1_common)
-    common = _apply_deferred(split.W1_common, split.deferred_x, split.deferred_d, split.n_deferred)
+    common = apply_deferred(split.W1_common, split.deferred)
     return FoldedParams(xp.concat([split.W1_rare, common], axis=0), split.W2, split.b2)
 
 
-def _apply_deferred(common: Any, deferred_x: Any, deferred_d: Any, n: int) -> Any:
-    return common - deferred_x[:n, ...].T @ deferred_d[:n, ...] if n else common
-
-
 COMMON_USE = 0.7  # a column that a batch uses at least this often is multiplied in every step
-DEFERRED_ROWS = 128  # at most this many batch rows of updates to the common block are deferred
 
 
 def common_columns(usage: np.ndarray, batch_size: int) -> int:
@@ -292,13 +340,6 @@ def common_columns(usage: np.ndarray, batch_size: int) -> int:
     With ``usage`` in ascending order, as the design matrix has it, they are the last ones."""
     used_by_a_batch = 1.0 - (1.0 - usage) ** batch_size
     return int(np.count_nonzero(used_by_a_batch >= COMMON_USE))
-
-
-def deferred_rows(batch_size: int) -> int:
-    """Room for the updates of as many whole batches as fit in ``DEFERRED_ROWS`` rows, or none
-    where that is fewer than two (a batch of more than half of them): deferring one saves nothing."""
-    n_batches = DEFERRED_ROWS // batch_size
-    return n_batches * batch_size if n_batches >= 2 else 0
 
 
 def _step_on_used_columns(params: SplitParams, x: Any, batch_order: Any, targets: Any, xp: Any,
@@ -321,36 +362,35 @@ def _step_on_used_columns(params: SplitParams, x: Any, batch_order: Any, targets
 
     At small batches, updating the common block (~450 KB at batch 16) cost two passes over it per
     step, a gradient written and a subtraction, as long as the products. So its updates are
-    deferred: each step writes its batch's common columns and hidden errors into the rows
-    ``split_rows`` set aside, corrects its forward product for them (``W = W1_common - X.T @ D``,
-    so ``x @ W = x @ W1_common - (x @ X.T) @ D``: two small products), and once no further batch
-    fits, applies them all in one product. The same sum, up to its order. Batches after the first
-    must be no larger than the one before (``run_epoch``'s are). With room for 128 rows
-    (``DEFERRED_ROWS``; 64 and 96 came within 3%), against updating every step (``run_epoch``, full
-    MNIST, 2-core Intel Xeon, paired alternating epochs): 1.40x faster at batch 8, 1.31x at 16,
-    1.13x at 24, 1.14x at 32, 1.09x at 40, 1.07x at 48, 1.04x at 56, 1.00x at 64."""
-    rare, common, W2, b2, deferred_x, deferred_d, n_deferred = params  # unpacked: 1 us less per step than _replace
+    deferred (``Deferred``): each step writes its batch's common columns and hidden errors into
+    rows set aside for them, corrects its forward product for them (``minus_deferred``), and once
+    no further batch fits, applies them all in one product (``update_deferred``). The same sum, up
+    to its order. With room for 128 rows (``backend.deferred_update_rows``; 64 and 96 came within
+    3%), against updating every step (``run_epoch``, full MNIST, 2-core Intel Xeon, paired
+    alternating epochs): 1.40x faster at batch 8, 1.31x at 16, 1.13x at 24, 1.14x at 32, 1.09x at
+    40, 1.07x at 48, 1.04x at 56, 1.00x at 64."""
+    rare, common, W2, b2, deferred = params  # unpacked, not params._replace(...): 1 us less per step
     batch = xp.take(x, batch_order, axis=0)
     n_rare = rare.shape[0]
     x_rare, x_common = batch[:, :n_rare], batch[:, n_rare:]
     used = xp.nonzero(xp.any(x_rare != 0, axis=0))[0]
     rows, x_used = xp.take(rare, used, axis=0), xp.take(x_rare, used, axis=1)
-    z = x_common @ common + x_used @ rows
-    if n_deferred:
-        z = z - (x_common @ deferred_x[:n_deferred, ...].T) @ deferred_d[:n_deferred, ...]
+    z = minus_deferred(x_common @ common + x_used @ rows, x_common, deferred)
     probs, hidden, d_logits, d_hidden = layer_errors(xp, z, W2, b2, targets, lr)
     rare[used] = rows - x_used.T @ d_hidden
-    n_rows, room = batch.shape[0], deferred_x.shape[0]
-    if room == 0:
-        common = common - x_common.T @ d_hidden
-    else:
-        deferred_x[n_deferred:n_deferred + n_rows, ...] = x_common
-        deferred_d[n_deferred:n_deferred + n_rows, ...] = d_hidden
-        n_deferred += n_rows
-        if n_deferred + n_rows > room:
-            common, n_deferred = _apply_deferred(common, deferred_x, deferred_d, n_deferred), 0
-    return SplitParams(rare, common, W2 - hidden.T @ d_logits, b2 - xp.sum(d_logits, axis=0),
-                       deferred_x, deferred_d, n_deferred), probs
+    common, deferred = update_deferred(common, x_common, d_hidden, deferred)
+    return SplitParams(rare, common, W2 - hidden.T @ d_logits, b2 - xp.sum(d_logits, axis=0), deferred), probs
+
+
+def _gather_and_defer(state: tuple[FoldedParams, Deferred], x: Any, batch_order: Any, targets: Any, xp: Any,
+                      lr: float) -> tuple[tuple[FoldedParams, Deferred], Any]:
+    """``_gather_and_update`` with W1b's updates deferred as in ``_step_on_used_columns``: the
+    dense step of PyTorch on the CPU (``backend.deferred_update_rows`` has its figures)."""
+    (W1b, W2, b2), deferred = state
+    x1 = xp.take(x, batch_order, axis=0)
+    probs, hidden, d_logits, d_hidden = layer_errors(xp, minus_deferred(x1 @ W1b, x1, deferred), W2, b2, targets, lr)
+    W1b, deferred = update_deferred(W1b, x1, d_hidden, deferred)
+    return (FoldedParams(W1b, W2 - hidden.T @ d_logits, b2 - xp.sum(d_logits, axis=0)), deferred), probs
 
 
 TALLY_EVERY = 64  # batches per tally: bounds what is kept, and on JAX the operands of one concat
