@@ -99,12 +99,18 @@ def correction_columns(pending_rows: float, n_common: int, hidden: int) -> float
 
 
 class _SkipsZeroColumns:
-    """``executed_inputs`` for rows whose step may multiply only each batch's nonzero columns of the
-    matrix ``_skipped_matrix()`` returns (None: this row's step is dense); counted once per batch
-    size (on its first epoch's order: the mean over ~1,000-7,500 batches moves by well under 1%
-    between permutations) and outside the timed epoch."""
+    """``executed_inputs`` for rows whose products depend on the batch: a step that multiplies only
+    each batch's nonzero columns of the matrix ``_skipped_matrix()`` returns (None: this row's step
+    is dense), and one that defers W1b's updates (``training.update_deferred``) and so adds the
+    products that correct each forward product for them. Counted once per batch size (on its first
+    epoch's order: the mean over ~1,000-7,500 batches moves by well under 1% between permutations)
+    and outside the timed epoch."""
 
     def _skipped_matrix(self) -> np.ndarray | None:
+        return self.X
+
+    def _trained_matrix(self) -> Any:
+        """The array the step multiplies, in its own library: which says how much it defers."""
         return self.X
 
     def common_columns(self, batch_size: int) -> int:
@@ -112,19 +118,22 @@ class _SkipsZeroColumns:
         return 0
 
     def executed_inputs(self, order, batch_size, hidden):
+        from xpmlp.backend import deferred_update_rows
+        from xpmlp.training import deferred_rows
+
         counted = self.__dict__.setdefault("_used_columns", {})
         if batch_size not in counted:
             x = self._skipped_matrix()
-            if x is None:
-                counted[batch_size] = None
-            else:
-                from xpmlp.backend import deferred_update_rows
-                from xpmlp.training import deferred_rows
-
-                n_common = self.common_columns(batch_size)
-                pending = mean_deferred_rows(order.shape[0], batch_size, deferred_rows(batch_size, deferred_update_rows(x)))
+            room = deferred_rows(batch_size, deferred_update_rows(self._trained_matrix()))
+            pending = mean_deferred_rows(order.shape[0], batch_size, room)
+            if x is not None:
+                n_common = self.common_columns(batch_size)  # the block whose updates are deferred
                 counted[batch_size] = (mean_used_columns(x, order, batch_size, n_common)
                                        + correction_columns(pending, n_common, hidden))
+            elif room:
+                counted[batch_size] = self.product_inputs + correction_columns(pending, self.product_inputs, hidden)
+            else:
+                counted[batch_size] = None
         return counted[batch_size]
 
 
@@ -426,6 +435,9 @@ class Xpmlp(_SkipsZeroColumns, Impl):
 
         # no copy: NumPy, or a CPU tensor's own buffer
         return to_numpy(self.design.x) if skips_zero_columns(self.design.x) else None
+
+    def _trained_matrix(self):
+        return self.design.x
 
     def common_columns(self, batch_size):
         return self.design.common_columns(batch_size)

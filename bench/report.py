@@ -184,10 +184,11 @@ def executed_columns(records: list[dict]) -> str:
                          + " at batch " + "/".join(str(b) for b in sorted(ks)))
     if not parts:
         return f"all {MODEL_INPUTS} columns in every row"
-    return (f"all {MODEL_INPUTS} columns except " + "; ".join(parts) + " (718: the pixels nonzero somewhere in the "
-            "training set, plus the ones column that carries b1; fewer: the block of common columns and, of the "
-            "others, those nonzero in each batch, on average, plus the products that correct each step for the "
-            "common block's deferred updates, counted in the same columns)")
+    return (f"all {MODEL_INPUTS} columns except " + "; ".join(parts) + " (one count: the design matrix's columns, the pixels nonzero somewhere in "
+            "the training set plus the ones column that carries b1; other counts are means over the epoch's batches: "
+            "for a step that skips columns, the block of common columns and, of the others, those nonzero in the "
+            "batch; plus, where W1's updates are deferred, the products that correct each step for them, in the "
+            "same columns)")
 
 
 def _layer_alone_note(by: dict, sizes: list[int]) -> str:

@@ -125,8 +125,19 @@ def test_rows_that_skip_zero_columns_report_what_they_multiply():
     try:
         strict = make("xpmlp-array_api_strict", x, y, "float64")
     except Unavailable:
+        pass
+    else:
+        assert strict.executed_inputs(order, BATCH, 300) is None  # dense (no integer-indexed writes), every step updates
+    try:
+        torch_cpu = make("xpmlp-torch-cpu", x, y, "float64")
+    except Unavailable:
         return
-    assert strict.executed_inputs(order, BATCH, 300) is None  # its step stays dense (no integer-indexed writes)
+    # dense, with W1b's updates deferred up to 96 rows: 3 batches of 32, then applied
+    assert deferred_rows(BATCH, deferred_update_rows(torch_cpu.design.x)) == 3 * BATCH
+    pending = [0, 32, 64] * 4 + [0]
+    n_in = torch_cpu.product_inputs
+    correction_flops = sum(2 * rows * p * (n_in + hidden) for rows, p in zip(sizes, pending)) / N
+    assert torch_cpu.executed_inputs(order, BATCH, hidden) == pytest.approx(n_in + correction_flops / (4 * hidden), rel=1e-12)
 
 
 def _setup_data():
