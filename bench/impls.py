@@ -81,13 +81,13 @@ def mean_used_columns(x: np.ndarray, order: np.ndarray, batch_size: int, n_commo
 def mean_deferred_rows(n: int, batch_size: int, room: int) -> float:
     """The mean over samples of how many rows of deferred updates (``training._step_on_used_columns``)
     the sample's step corrects its forward product for, with ``room`` rows set aside."""
+    from xpmlp.training import pending_after  # the same rule for when they are applied
+
     total, pending = 0, 0
     for start in range(0, n if room else 0, batch_size):
         rows = min(batch_size, n - start)
         total += rows * pending
-        pending += rows
-        if pending + rows > room:
-            pending = 0
+        pending = pending_after(pending, rows, room)
     return total / n
 
 
@@ -256,8 +256,8 @@ class NumpyFast(_SkipsZeroColumns, _NumpyGemm, Impl):
     batch uses with probability 0.7 or more, xpmlp's ``COMMON_USE``: a slice of the batch and its
     own block of W1b) and over only those of the other columns that are nonzero in the batch, their
     rows of W1b gathered and written back in place (as xpmlp does on NumPy), the common block's
-    updates deferred and applied up to 128 rows at a time (xpmlp's ``training.deferred_rows`` on NumPy), the ReLU mask reused by the
-    backward pass, the shifted logits floored so that no subnormal number enters the step (as
+    updates deferred and applied up to 128 rows at a time (xpmlp's ``training.deferred_rows`` and
+    ``pending_after`` on NumPy), the ReLU mask reused by the backward pass, the shifted logits floored so that no subnormal number enters the step (as
     xpmlp does), lr folded into the (B, 10) output error, functional updates of W2 and b2, and
     the loss and hits taken from 64 batches' probabilities at a time as host numbers. Array methods
     throughout (``a.max()``, not ``np.max(a)``: 0.8 us less per call). Measured and not kept,
@@ -296,10 +296,10 @@ class NumpyFast(_SkipsZeroColumns, _NumpyGemm, Impl):
         n_rare = X.shape[1] - self.common_columns(batch_size)
         rare, common = W1b[:n_rare].copy(), W1b[n_rare:].copy()
         from xpmlp.backend import deferred_update_rows
-        from xpmlp.training import deferred_rows  # the same room for deferred updates
+        from xpmlp.training import deferred_rows, pending_after  # the same room and rule for deferred updates
 
         room, n_deferred = deferred_rows(batch_size, deferred_update_rows(X)), 0
-        deferred_x, deferred_d = np.empty((room, common.shape[0]), self.dtype), np.empty((room, common.shape[1]), self.dtype)
+        deferred_x, deferred_d = (np.empty((room, n), self.dtype) for n in common.shape)
         for start in range(0, n_total, batch_size):
             stop = min(start + batch_size, n_total)
             xb = X.take(order[start:stop], axis=0)
@@ -322,9 +322,10 @@ class NumpyFast(_SkipsZeroColumns, _NumpyGemm, Impl):
             else:
                 m = stop - start
                 deferred_x[n_deferred:n_deferred + m], deferred_d[n_deferred:n_deferred + m] = x_common, d_hidden
-                n_deferred += m
-                if n_deferred + m > room:
-                    common, n_deferred = common - deferred_x[:n_deferred].T @ deferred_d[:n_deferred], 0
+                left = pending_after(n_deferred, m, room)
+                if left == 0:
+                    common = common - deferred_x[:n_deferred + m].T @ deferred_d[:n_deferred + m]
+                n_deferred = left
             W2, b2 = W2 - hidden.T @ d_logits, b2 - d_logits.sum(axis=0)
             if scoped:
                 del xb, x_rare, x_common, used, x_used, rows, z, active, hidden, logits, e, d_logits, d_hidden

@@ -334,7 +334,7 @@ def test_deferred_updates_of_the_common_block_give_the_dense_steps():
     params = model.init_params(3, 60, 12, 10, init="he", dtype="float64")
     dense = design.fold(params)
     before = np.array(dense.W1b)
-    split = split_rows(dense, n_columns - design.common_columns(8), deferred_rows=16)
+    split = split_rows(dense, n_columns - design.common_columns(8), room=16)
     targets = model.one_hot(rng.integers(0, 10, 36), 10, np.float64)
     pending_after = []
     for start in range(0, 36, 8):

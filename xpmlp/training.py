@@ -216,14 +216,14 @@ def run_epoch(
     tally = compiled(_tally, xp, static_argnames=("batch_size",))
     dev = array_api_compat.device(x)
     loss_sum, hits = xp.zeros((), dtype=x.dtype, device=dev), xp.zeros((), dtype=labels.dtype, device=dev)
-    skipping, room = skips_zero_columns(x), deferred_rows(batch_size, deferred_update_rows(x))
-    if skipping:
-        step, state = _step_on_used_columns, split_rows(design.fold(params), x.shape[1] - design.common_columns(batch_size), room)
+    room, folded = deferred_rows(batch_size, deferred_update_rows(x)), design.fold(params)
+    if skips_zero_columns(x):
+        n_rare = x.shape[1] - design.common_columns(batch_size)
+        step, state, finish = _step_on_used_columns, split_rows(folded, n_rare, room), join_rows
     elif room:
-        folded = design.fold(params)
-        step, state = _gather_and_defer, (folded, room_for_deferred(folded.W1b, room))
+        step, state, finish = _gather_and_defer, (folded, room_for_deferred(folded.W1b, room)), _apply_dense_deferred
     else:
-        step, state = compiled(_gather_and_update, xp, static_argnames=("xp", "lr")), design.fold(params)
+        step, state, finish = compiled(_gather_and_update, xp, static_argnames=("xp", "lr")), folded, None
     pending, pending_from, n = [], 0, x.shape[0]
     for start in range(0, n, batch_size):
         stop = min(start + batch_size, n)
@@ -234,13 +234,7 @@ def run_epoch(
             pending, pending_from = [], stop
         if on_batch is not None:
             on_batch()
-    if skipping:
-        folded = join_rows(state)
-    elif room:
-        folded = state[0]._replace(W1b=apply_deferred(state[0].W1b, state[1]))
-    else:
-        folded = state
-    return design.unfold(folded, params), loss_sum, hits
+    return design.unfold(finish(state) if finish else state, params), loss_sum, hits
 
 
 def _gather_and_update(params: FoldedParams, x: Any, batch_order: Any, targets: Any, xp: Any,
@@ -286,10 +280,17 @@ def update_deferred(block: Any, x: Any, d_hidden: Any, deferred: Deferred) -> tu
         return block - x.T @ d_hidden, deferred
     deferred.x[n:n + n_rows, ...] = x
     deferred.d[n:n + n_rows, ...] = d_hidden
-    n += n_rows
-    if n + n_rows > room:
-        return apply_deferred(block, Deferred(deferred.x, deferred.d, n)), Deferred(deferred.x, deferred.d, 0)
-    return block, Deferred(deferred.x, deferred.d, n)
+    left = pending_after(n, n_rows, room)
+    if left == 0:
+        return apply_deferred(block, Deferred(deferred.x, deferred.d, n + n_rows)), Deferred(deferred.x, deferred.d, 0)
+    return block, Deferred(deferred.x, deferred.d, left)
+
+
+def pending_after(n_pending: int, n_rows: int, room: int) -> int:
+    """Rows still deferred after a step of ``n_rows`` that found ``n_pending``: none (all applied)
+    once a further batch of this size would not fit in ``room``."""
+    n = n_pending + n_rows
+    return 0 if n + n_rows > room else n
 
 
 def apply_deferred(block: Any, deferred: Deferred) -> Any:
@@ -316,12 +317,12 @@ class SplitParams(NamedTuple):
     deferred: Deferred
 
 
-def split_rows(folded: FoldedParams, n_rare: int, deferred_rows: int = 0) -> SplitParams:
-    """Two new arrays of W1b's rows, the first ``n_rare`` and the rest, and room for
-    ``deferred_rows`` rows of deferred updates to the second."""
+def split_rows(folded: FoldedParams, n_rare: int, room: int = 0) -> SplitParams:
+    """Two new arrays of W1b's rows, the first ``n_rare`` and the rest, and room for ``room``
+    rows of deferred updates to the second."""
     xp = namespace(folded.W1b)
     rare, common = (xp.asarray(rows, copy=True) for rows in (folded.W1b[:n_rare, ...], folded.W1b[n_rare:, ...]))
-    return SplitParams(rare, common, folded.W2, folded.b2, room_for_deferred(common, deferred_rows))
+    return SplitParams(rare, common, folded.W2, folded.b2, room_for_deferred(common, room))
 
 
 def join_rows(split: SplitParams) -> FoldedParams:
@@ -391,6 +392,11 @@ def _gather_and_defer(state: tuple[FoldedParams, Deferred], x: Any, batch_order:
     probs, hidden, d_logits, d_hidden = layer_errors(xp, minus_deferred(x1 @ W1b, x1, deferred), W2, b2, targets, lr)
     W1b, deferred = update_deferred(W1b, x1, d_hidden, deferred)
     return (FoldedParams(W1b, W2 - hidden.T @ d_logits, b2 - xp.sum(d_logits, axis=0)), deferred), probs
+
+
+def _apply_dense_deferred(state: tuple[FoldedParams, Deferred]) -> FoldedParams:
+    folded, deferred = state
+    return folded._replace(W1b=apply_deferred(folded.W1b, deferred))
 
 
 TALLY_EVERY = 64  # batches per tally: bounds what is kept, and on JAX the operands of one concat
